@@ -1,0 +1,291 @@
+"""The `mmseg` command line: segment, evaluate, inspect weights, train and run the study."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import PRESETS, VARIANTS
+from .device import DEVICE_CHOICES
+from .errors import MmsegError, ScanError
+from .organs import ORGANS
+
+EXIT_ERROR = 1
+
+
+def _scan_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files as given; a folder of scan files gives each file; any other folder is a DICOM series."""
+    from .scan_io import SCAN_SUFFIXES, path_suffix
+
+    scans: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            raise ScanError(f"{p} does not exist: check the path.")
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and path_suffix(f) in SCAN_SUFFIXES)
+            scans.extend(files or [p])
+        else:
+            scans.append(p)
+    return scans
+
+
+def _output_paths(scans: list[Path], output: Path, overwrite: bool) -> list[Path]:
+    from .scan_io import LABEL_SUFFIXES, path_suffix, strip_suffix
+
+    if len(scans) == 1 and path_suffix(output) in LABEL_SUFFIXES:
+        outs = [output]
+    else:
+        if output.exists() and not output.is_dir():
+            raise ScanError(f"{output} is a file: with several inputs, -o names a folder.")
+        outs = [output / f"{strip_suffix(s)}.nii.gz" for s in scans]
+    if len(set(outs)) != len(outs):
+        raise ScanError("Two inputs have the same name; segment them into different output folders.")
+    for scan, out in zip(scans, outs, strict=True):
+        if out.resolve() == scan.resolve() or any(out.resolve() == s.resolve() for s in scans):
+            raise ScanError(f"Refusing to write labels over the scan {scan}; choose another output.")
+        if out.exists() and not overwrite:
+            raise ScanError(f"{out} exists; pass --overwrite to replace it, or choose another output.")
+    return outs
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .inference import InferenceOptions, segment_image
+    from .organs import check_modality
+    from .scan_io import read_scan, write_labels
+    from .weights import bundled_weights, load_weights
+
+    modality = check_modality(args.modality)
+    scans = _scan_inputs(args.inputs)
+    outs = _output_paths(scans, Path(args.output), args.overwrite)
+    weights = Path(args.weights) if args.weights else bundled_weights(args.variant, modality)
+    loaded = load_weights(weights, variant=args.variant, modality=modality)
+    options = InferenceOptions(overlap=args.overlap, device=args.device)
+    for scan, out in zip(scans, outs, strict=True):
+        t0 = time.perf_counter()
+        image = read_scan(scan)
+        with tqdm(total=100, desc=scan.name, unit="%", disable=args.quiet, leave=False) as bar:
+
+            def progress(fraction: float, stage: str, bar=bar) -> None:
+                bar.set_postfix_str(stage)
+                bar.update(round(100 * fraction) - bar.n)
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = segment_image(image, loaded, modality, options, progress=progress)
+        for w in caught:
+            print(f"warning: {scan.name}: {w.message}", file=sys.stderr)
+        write_labels(result.labels, out, image, source=scan)
+        if not args.quiet:
+            print(f"{scan} -> {out} ({loaded.meta.variant}, {modality}, {result.device}, "
+                  f"{time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def parse_label_mapping(text: str) -> dict[int, int]:
+    """`liver=6,spleen=1,kidney_right=2` → {source id: our id}."""
+    from .datasets import label_map_from_names
+
+    pairs = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise ScanError(f"Cannot read {item!r} in --ref-labels: write name=id, e.g. liver=6,spleen=1.")
+        pairs[name.strip()] = int(value)
+    mapping = label_map_from_names(pairs)
+    unknown = [n for n in pairs if n not in mapping.values() and label_map_from_names({n: 0}) == {}]
+    if unknown:
+        names = ", ".join(o.name for o in ORGANS)
+        raise ScanError(f"Unknown organ name(s) {', '.join(unknown)} in --ref-labels; use {names}.")
+    return mapping
+
+
+def reference_label_map(ref: Path, spec: str | None) -> tuple[dict[int, int] | None, str]:
+    """The reference's ids → ours: given by name, or from a dataset.json beside its folder."""
+    from .datasets import label_map_from_names, read_dataset_json
+
+    if spec:
+        return parse_label_mapping(spec), "--ref-labels"
+    for candidate in (ref.parent / "dataset.json", ref.parent.parent / "dataset.json"):
+        if candidate.is_file():
+            return label_map_from_names(read_dataset_json(candidate).get("labels", {})), str(candidate)
+    return None, "this plugin's ids"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from .datasets import remap_labels
+    from .metrics import dice_scores, mean_dice
+    from .scan_io import read_labels, same_geometry
+
+    pred_img, ref_img = read_labels(args.prediction), read_labels(args.reference)
+    if pred_img.GetSize() != ref_img.GetSize():
+        raise ScanError(
+            f"The prediction is {pred_img.GetSize()} voxels, the reference {ref_img.GetSize()}: "
+            "they must lie on the same grid (resample one onto the other first)."
+        )
+    if not same_geometry(pred_img, ref_img):
+        raise ScanError(
+            "The prediction and reference have the same size but different spacing, origin or direction: "
+            "they are not on the same grid."
+        )
+    mapping, source = reference_label_map(Path(args.reference), args.ref_labels)
+    pred = sitk.GetArrayViewFromImage(pred_img)
+    ref = sitk.GetArrayViewFromImage(ref_img)
+    if mapping is not None:
+        ref = remap_labels(ref, mapping)
+    elif ref.max() > len(ORGANS):
+        raise ScanError(
+            f"The reference holds label ids up to {int(ref.max())}: say which is which with "
+            "--ref-labels liver=ID,spleen=ID,kidney_right=ID,kidney_left=ID."
+        )
+    scores = dice_scores(pred, ref, pred_img.GetSpacing())
+    rows = [(s.organ, s.dice, s.predicted_ml, s.reference_ml) for s in scores]
+    print(f"reference ids from {source}")
+    print(f"{'organ':<14}{'Dice':>8}{'pred ml':>11}{'ref ml':>11}")
+    for organ, dice, p, r in rows:
+        print(f"{organ:<14}{dice:>8.4f}{p:>11.1f}{r:>11.1f}")
+    print(f"{'mean':<14}{mean_dice(scores):>8.4f}")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["organ", "dice", "predicted_ml", "reference_ml"])
+            w.writerows(rows)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from .weights import read_metadata
+
+    meta = read_metadata(args.weights)
+    print(json.dumps(json.loads(meta.to_json()), indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .training import TrainingRun, split_cases, train
+
+    cases = []
+    if args.ct:
+        cases += load_dataset(args.ct, "CT")
+    if args.mr:
+        cases += load_dataset(args.mr, "MR")
+    preset = PRESETS[args.preset]
+    seed = args.seed if args.seed is not None else preset.training.seed
+    train_cases, val_cases = split_cases(cases, args.val_cases, seed)
+    present = tuple(m for m in ("CT", "MR") if any(c.modality == m for c in cases))
+    groups = [(m,) for m in present] if args.variant == "individual" else [("CT", "MR")]
+    log_path = Path(args.out) / "train.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(line: str) -> None:
+        with open(log_path, "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+
+    for modalities in groups:
+        run = TrainingRun(args.variant, preset, Path(args.out), modalities, args.device, args.steps, seed,
+                          progress_bar=not args.quiet)
+        weights = train(run, train_cases, val_cases, log=log)
+        print(f"wrote {weights} (log: {log_path})")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiment import StudyConfig, run_study
+
+    study = StudyConfig(
+        ct=Path(args.ct), mr=Path(args.mr), out_dir=Path(args.out), preset=args.preset,
+        variants=tuple(args.variants), repetitions=args.repetitions, folds=args.folds,
+        steps=args.steps, device=args.device,
+    )
+    run_study(study, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmseg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment liver, spleen and kidneys in CT or MR scans")
+    p.add_argument("inputs", nargs="+", help="scan files (.nii, .nii.gz, .nrrd, .mha, .mhd), folders of them, "
+                   "or DICOM series folders")
+    p.add_argument("-o", "--output", required=True, help="output label file (one input) or folder")
+    p.add_argument("--modality", required=True, type=str.upper, choices=("CT", "MR"))
+    p.add_argument("--variant", default="v4", choices=VARIANTS)
+    p.add_argument("--weights", help="a weights file instead of the bundled one")
+    p.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="Dice per organ and volumes of a prediction against a reference")
+    p.add_argument("prediction", help="label file in this tool's ids (1 liver, 2 spleen, 3 right kidney, 4 left)")
+    p.add_argument("reference", help="reference label file on the same grid")
+    p.add_argument("--ref-labels", help="the reference's ids by name, e.g. liver=6,spleen=1,kidney_right=2,"
+                   "kidney_left=3 (default: dataset.json beside it, else this tool's ids)")
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("info", help="what a weights file's metadata says")
+    p.add_argument("weights")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train one variant on unpaired CT and MR")
+    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--ct", help="CT dataset folder (nnU-Net raw, BTCV img/+label/ or CHAOS layout)")
+    p.add_argument("--mr", help="MR dataset folder")
+    p.add_argument("--preset", default="light", choices=sorted(PRESETS))
+    p.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
+    p.add_argument("--out", default="runs/train", help="folder for checkpoints, log and weights")
+    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--val-cases", type=int, default=2, help="cases per modality held out for validation")
+    p.add_argument("--seed", type=int)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("experiment", help="the paper's study: cross-validation of every variant")
+    p.add_argument("--ct", required=True)
+    p.add_argument("--mr", required=True)
+    p.add_argument("--preset", default="light", choices=sorted(PRESETS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
+    p.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_experiment)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MmsegError as e:
+        print(f"mmseg: error: {e}", file=sys.stderr)
+    except ValueError as e:  # bad arguments caught by the core (modality, overlap, ...)
+        print(f"mmseg: error: {e}", file=sys.stderr)
+    except MemoryError:
+        print("mmseg: error: out of memory; try --device cpu, a smaller --overlap, or a machine with more memory.",
+              file=sys.stderr)
+    except KeyboardInterrupt:
+        print("mmseg: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

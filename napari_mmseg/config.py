@@ -1,0 +1,104 @@
+"""Configuration as small dataclasses: the network's shape and the training recipe, and the
+presets that pair them (`paper` for a GPU, `light` for a 2-core CPU)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+VARIANTS = ("individual", "joint", "v1", "v2", "v3", "v4", "msbn")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The FCN of the paper's Figure 1; every variant shares this topology."""
+
+    filters: tuple[int, ...] = (16, 64, 128, 256, 512)
+    strides: tuple[int, ...] = (1, 2, 2, 2, 1)
+    units_per_scale: int = 3
+    num_classes: int = 5
+    in_channels: int = 1
+    # Kernel of the strided convolution that opens a downsampling scale: the released code
+    # used kernel = stride (2); the paper's text says twice the stride (4).
+    strided_kernel: int = 2
+    # "transposed": fixed trilinear transposed convolution (the released code);
+    # "interpolate": F.interpolate(trilinear).
+    upsample: str = "transposed"
+
+    def __post_init__(self) -> None:
+        if len(self.filters) != 5 or len(self.strides) != 5:
+            raise ValueError("filters and strides need five entries (initial conv + 4 scales)")
+        if self.strided_kernel not in (2, 4):
+            raise ValueError("strided_kernel must be 2 (= stride) or 4 (twice the stride)")
+        if self.upsample not in ("transposed", "interpolate"):
+            raise ValueError("upsample must be 'transposed' or 'interpolate'")
+
+    @property
+    def size_multiple(self) -> int:
+        """Spatial input sizes must be multiples of this (the total downsampling)."""
+        m = 1
+        for s in self.strides:
+            m *= s
+        return m
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkConfig:
+        known = {f.name for f in fields(cls)}
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    spacing_mm: float = 2.0
+    patch_size: int = 64
+    batch_size: int = 16
+    steps: int = 10_000
+    lr_single: float = 1e-3  # individual and joint
+    lr_dual: float = 1e-4  # dual-stream variants and msbn
+    adam_eps: float = 1e-5
+    loss: str = "dice"  # "dice" (the paper's) or "dice_ce"
+    lr_schedule: str = "constant"  # the paper's; "poly" decays to 0 over the steps
+    noise_sigma: float = 0.1
+    offset_sigma: float = 0.1
+    crop_margin_mm: float = 20.0
+    validate_every: int = 500
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def lr_for(self, variant: str) -> float:
+        return self.lr_single if variant in ("individual", "joint") else self.lr_dual
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    network: NetworkConfig
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset("paper", NetworkConfig(), TrainingConfig()),
+    # Same topology, narrower and shallower, at 3 mm: fits a 2-core CPU.
+    "light": Preset(
+        "light",
+        NetworkConfig(filters=(16, 32, 64, 128, 128), units_per_scale=1),
+        TrainingConfig(
+            spacing_mm=3.0,
+            patch_size=64,
+            batch_size=2,
+            steps=2000,
+            lr_single=1e-3,
+            lr_dual=1e-3,
+            loss="dice_ce",
+            lr_schedule="poly",
+            validate_every=500,
+            checkpoint_every=100,
+        ),
+    ),
+}

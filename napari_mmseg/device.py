@@ -1,0 +1,53 @@
+"""The one place that decides which device runs the networks."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import DeviceError
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+def available_devices() -> list[str]:
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    found.append("cpu")
+    return found
+
+
+def resolve_device(request: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then CPU; asking for one that is absent is an error."""
+    request = (request or "auto").lower()
+    if request not in DEVICE_CHOICES and not request.startswith("cuda:"):
+        raise DeviceError(f"Unknown device {request!r}: use one of {', '.join(DEVICE_CHOICES)}.")
+    available = available_devices()
+    if request == "auto":
+        return torch.device(available[0])
+    kind = request.split(":")[0]
+    if kind not in available:
+        why = {
+            "cuda": "this PyTorch build or machine has no CUDA GPU"
+            + (" (CPU-only PyTorch)" if torch.version.cuda is None else ""),
+            "mps": "this machine has no Apple MPS device",
+        }.get(kind, "it is not available")
+        raise DeviceError(f"Device {request} was asked for, but {why}: use --device auto or cpu.")
+    if kind == "cuda" and ":" in request and int(request.split(":")[1]) >= torch.cuda.device_count():
+        raise DeviceError(f"{request} does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
+    return torch.device(request)
+
+
+def use_all_cores() -> None:
+    """Let torch use every core this process may run on (containers often limit them)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

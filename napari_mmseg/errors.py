@@ -1,0 +1,21 @@
+"""Errors whose message is meant for the user: one sentence that says what to do."""
+
+
+class MmsegError(Exception):
+    """Base class: the command line prints the message alone, without a traceback."""
+
+
+class ScanError(MmsegError):
+    """A scan or label file that cannot be used."""
+
+
+class WeightsError(MmsegError):
+    """A weights file that is missing, corrupt or for another model."""
+
+
+class DeviceError(MmsegError):
+    """A compute device that was asked for but is not there."""
+
+
+class Cancelled(MmsegError):
+    """The user cancelled a running segmentation."""

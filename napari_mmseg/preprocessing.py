@@ -1,0 +1,121 @@
+"""What happens to a scan before the network, identically in training and inference:
+resampling onto a canonical grid and intensity normalisation.
+
+The canonical grid has identity direction in SimpleITK's LPS world frame: array index x
+runs to the patient's left, y to posterior, z to superior. However a file stores its axes,
+the network always sees the same anatomy in the same place, so "right kidney" is always the
+patient's right. One resample does both the reorientation and the change of spacing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .organs import check_modality
+
+
+@dataclass(frozen=True)
+class IntensityNorm:
+    """How a modality's intensities become network input; stored with the weights.
+
+    kind "window": clip to `window` (e.g. HU), then subtract `mean` and divide by `std`
+    (fixed numbers, measured on the training data). kind "percentile": clip to the volume's
+    own `percentiles`, then z-score with the clipped volume's own mean and std.
+    """
+
+    kind: str
+    window: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+    percentiles: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "window":
+            if self.window is None or self.mean is None or not self.std:
+                raise ValueError("a window normalisation needs window, mean and std")
+        elif self.kind == "percentile":
+            if self.percentiles is None:
+                raise ValueError("a percentile normalisation needs percentiles")
+        else:
+            raise ValueError(f"unknown normalisation kind {self.kind!r}")
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        x = values.astype(np.float32, copy=True)
+        if self.kind == "window":
+            np.clip(x, self.window[0], self.window[1], out=x)
+            x -= np.float32(self.mean)
+            x /= np.float32(self.std)
+            return x
+        sample = x[::2, ::2, ::2] if x.size > 4_000_000 else x
+        lo, hi = np.percentile(sample, self.percentiles)
+        np.clip(x, lo, hi, out=x)
+        mean, std = float(x.mean()), float(x.std())
+        x -= np.float32(mean)
+        x /= np.float32(max(std, 1e-6))
+        return x
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IntensityNorm:
+        kw = dict(d)
+        for key in ("window", "percentiles"):
+            if key in kw:
+                kw[key] = tuple(float(v) for v in kw[key])
+        return cls(**kw)
+
+
+# BTCV as shipped is windowed to [-125, 275] HU, so CT is clipped to that window; the mean
+# and std are re-measured on the training data when a model is trained.
+CT_WINDOW = (-125.0, 275.0)
+MR_PERCENTILES = (0.5, 99.5)
+GRID_NUDGE_MM = 1.234e-3
+
+
+def default_norm(modality: str, mean: float = 0.0, std: float = 1.0) -> IntensityNorm:
+    if check_modality(modality) == "CT":
+        return IntensityNorm("window", window=CT_WINDOW, mean=mean, std=std)
+    return IntensityNorm("percentile", percentiles=MR_PERCENTILES)
+
+
+def canonical_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """An empty LPS-aligned grid at `spacing_mm` that covers the whole scan."""
+    size = image.GetSize()
+    corners = []
+    for cx in (-0.5, size[0] - 0.5):
+        for cy in (-0.5, size[1] - 0.5):
+            for cz in (-0.5, size[2] - 0.5):
+                corners.append(image.TransformContinuousIndexToPhysicalPoint((cx, cy, cz)))
+    corners = np.asarray(corners)
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    n = [max(1, math.ceil((hi[i] - lo[i]) / spacing_mm - 1e-3)) for i in range(3)]
+    grid = sitk.Image(n, sitk.sitkUInt8)
+    grid.SetSpacing((spacing_mm,) * 3)
+    # Rounded, then nudged off the round number: a scan's voxel centres would otherwise fall
+    # exactly between two grid voxels (3 mm scan, 4 mm grid), and rounding noise that
+    # depends on how the file stores its axes would pick the side.
+    origin = np.round(lo + spacing_mm / 2, 3) + GRID_NUDGE_MM
+    grid.SetOrigin(tuple(float(v) for v in origin))
+    grid.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    return grid
+
+
+def to_canonical(image: sitk.Image, spacing_mm: float, is_label: bool = False) -> sitk.Image:
+    """Resample (and reorient) onto the canonical grid: linear for scans, nearest for labels."""
+    grid = canonical_grid(image, spacing_mm)
+    if is_label:
+        return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    background = float(sitk.GetArrayViewFromImage(image).min())
+    return sitk.Resample(
+        image, grid, sitk.Transform(), sitk.sitkLinear, background, sitk.sitkFloat32
+    )
+
+
+def to_native(labels: sitk.Image, native: sitk.Image) -> sitk.Image:
+    """Labels on the canonical grid back onto the scan's own grid and geometry."""
+    return sitk.Resample(labels, native, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)

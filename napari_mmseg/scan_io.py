@@ -1,0 +1,218 @@
+"""Reading scans and writing label maps with SimpleITK, keeping the scan's geometry.
+
+A label map is always written with exactly its source scan's size, spacing, origin and
+direction, atomically (temporary file, then rename), and never over the scan itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ScanError
+
+SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def path_suffix(path: str | os.PathLike) -> str:
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def strip_suffix(path: str | os.PathLike) -> str:
+    """The file name without its image extension (`case.nii.gz` → `case`)."""
+    name = Path(path).name
+    suffix = path_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise ScanError(f"{folder} is a folder without a DICOM series: give a scan file or a DICOM folder.")
+    # The series with the most slices is the volume a user means.
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as e:
+        raise ScanError(f"Cannot read the DICOM series in {folder}: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    msg = next((ln for ln in lines if "ERROR" in ln.upper() or "exception" in ln.lower()), "")
+    return (msg or (lines[-1] if lines else type(e).__name__))[:200]
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Header size plus voxel data, from a NIfTI-1 header (either byte order)."""
+    import struct
+
+    if len(header) < 348:
+        return None
+    for order in "<>":
+        if struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            vox_offset = struct.unpack(order + "f", header[108:112])[0]
+            n = 1
+            for d in dims[1 : 1 + max(0, min(dims[0], 7))]:
+                n *= max(int(d), 1)
+            return int(vox_offset) + n * bitpix // 8
+    return None
+
+
+def _check_nifti_complete(p: Path) -> None:
+    """ITK reads a truncated .nii/.nii.gz without complaint (missing voxels become 0), so
+    compare the data size the header promises with what the file holds."""
+    import gzip
+    import zlib
+
+    suffix = path_suffix(p)
+    if suffix == ".nii":
+        with open(p, "rb") as f:
+            expected = _nifti_expected_bytes(f.read(348))
+        if expected is not None and p.stat().st_size < expected:
+            raise ScanError(f"{p} is truncated: it holds {p.stat().st_size} of {expected} bytes; copy it again.")
+    elif suffix == ".nii.gz":
+        try:
+            with gzip.open(p, "rb") as f:
+                expected = _nifti_expected_bytes(f.read(348))
+            with open(p, "rb") as f:
+                f.seek(-4, os.SEEK_END)
+                stored = int.from_bytes(f.read(4), "little")  # gzip trailer: size mod 2**32
+            if expected is None or stored == expected % 2**32:
+                return
+            with gzip.open(p, "rb") as f:  # rare: several gzip members; decompress to be sure
+                total = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 24), b""))
+        except (EOFError, OSError, zlib.error):
+            raise ScanError(f"{p} is truncated or corrupt (its compressed data ends early); copy it again.") from None
+        if total < expected:
+            raise ScanError(f"{p} is truncated: it holds {total} of {expected} bytes; copy it again.")
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Any image SimpleITK reads (file or DICOM folder), with a clear error when it cannot."""
+    p = Path(path)
+    if not p.exists():
+        raise ScanError(f"{p} does not exist: check the path.")
+    if p.is_dir():
+        return _read_dicom_series(p)
+    if p.stat().st_size == 0:
+        raise ScanError(f"{p} is an empty file.")
+    _check_nifti_complete(p)
+    try:
+        return sitk.ReadImage(str(p))
+    except RuntimeError:
+        raise ScanError(
+            f"Cannot read {p}: not an image SimpleITK understands, or the file is corrupt or "
+            "truncated (NIfTI, NRRD, MHA/MHD or a DICOM folder are supported)."
+        ) from None
+
+
+def check_volume(image: sitk.Image, what: str = "scan") -> None:
+    """A 3-D, single-channel volume, at least 2 voxels along every axis."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ScanError(
+            f"The {what} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(RGB or vector image): give a single-channel 3-D grey-value volume."
+        )
+    dim = image.GetDimension()
+    if dim != 3:
+        raise ScanError(
+            f"The {what} is {dim}-D {tuple(image.GetSize())}: give one 3-D volume "
+            "(for a 4-D series, save the volume you want as its own file)."
+        )
+    if min(image.GetSize()) < 2:
+        raise ScanError(
+            f"The {what} has size {tuple(image.GetSize())}: a single slice is a 2-D image; "
+            "give a 3-D volume."
+        )
+
+
+def read_scan(path: str | os.PathLike) -> sitk.Image:
+    """A 3-D grey-value scan as float32, geometry kept; rejects what cannot be segmented."""
+    image = read_image(path)
+    check_volume(image)
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = 1.0 - finite.mean()
+        raise ScanError(f"{path}: {bad:.0%} of the voxels are NaN or infinite; fix or re-export the scan.")
+    if values.min() == values.max():
+        raise ScanError(f"{path}: every voxel has the value {values.min():g}; the scan is empty.")
+    return image
+
+
+def read_labels(path: str | os.PathLike) -> sitk.Image:
+    """An integer label map (any integer type, or float holding whole numbers) as uint16."""
+    image = read_image(path)
+    check_volume(image, "label map")
+    values = sitk.GetArrayViewFromImage(image)
+    integral = np.issubdtype(values.dtype, np.integer) or (
+        np.all(np.isfinite(values)) and np.all(np.mod(values, 1) == 0)
+    )
+    if not integral:
+        raise ScanError(f"{path} holds non-integer values: it is not a label map.")
+    if values.min() < 0 or values.max() > 65535:
+        raise ScanError(f"{path} holds label ids outside 0–65535: it is not a label map.")
+    return sitk.Cast(image, sitk.sitkUInt16)
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def labels_to_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A uint8 label image (array in SimpleITK's z, y, x order) on the reference's grid."""
+    expected = tuple(reversed(reference.GetSize()))
+    if labels.shape != expected:
+        raise ScanError(f"Labels of shape {labels.shape} do not fit a scan of shape {expected}.")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=np.uint8))
+    image.CopyInformation(reference)
+    return image
+
+
+def write_labels(
+    labels: sitk.Image | np.ndarray,
+    path: str | os.PathLike,
+    reference: sitk.Image,
+    source: str | os.PathLike | None = None,
+) -> Path:
+    """Write labels with the reference scan's exact geometry, atomically, never over `source`."""
+    out = Path(path)
+    suffix = path_suffix(out)
+    if suffix not in LABEL_SUFFIXES:
+        raise ScanError(f"Cannot write labels to {out.name}: use .nii.gz, .nii, .nrrd or .mha.")
+    if source is not None and Path(source).exists() and out.exists() and out.samefile(source):
+        raise ScanError(f"Refusing to write labels over the scan itself ({out}); choose another file.")
+    if isinstance(labels, np.ndarray):
+        image = labels_to_image(labels, reference)
+    else:
+        if labels.GetSize() != reference.GetSize():
+            raise ScanError(f"Labels of size {labels.GetSize()} do not fit a scan of size {reference.GetSize()}.")
+        image = sitk.Cast(labels, sitk.sitkUInt8)
+        image.CopyInformation(reference)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{strip_suffix(out)}.", suffix=suffix, dir=out.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, useCompression=True)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

@@ -1,0 +1,237 @@
+"""Training one variant on unpaired CT and MR: the paper's recipe (class-balanced patches,
+noise and offset augmentation, soft Dice, Adam, alternating MR/CT batches), with
+checkpoints, resume, fixed seeds and PyTorch DDP when started by `torchrun`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from monai.losses import DiceCELoss, DiceLoss
+
+from .config import Preset
+from .datasets import LabelledCase
+from .device import resolve_device, use_all_cores
+from .inference import InferenceOptions, predict_labels
+from .metrics import dice_scores
+from .networks import MultiModalFCN
+from .organs import MODALITIES
+from .training_data import PatchSampler, PreparedCase, fit_normalization, prepare_case
+from .weights import ModelMetadata, save_weights
+
+LogFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    variant: str
+    preset: Preset
+    out_dir: Path
+    modalities: tuple[str, ...] = MODALITIES  # one modality for `individual`
+    device: str = "auto"
+    steps: int | None = None  # overrides the preset's
+    seed: int | None = None
+    progress_bar: bool = True
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else self.preset.training.steps
+
+    @property
+    def name(self) -> str:
+        if self.variant == "individual":
+            return f"individual-{self.modalities[0].lower()}"
+        return self.variant
+
+
+def modality_for_step(step: int, modalities: tuple[str, ...]) -> str:
+    """Alternating batches: MR on even steps, CT on odd ones (or the one modality)."""
+    if len(modalities) == 1:
+        return modalities[0]
+    return ("MR", "CT")[step % 2]
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def validate(
+    model: MultiModalFCN, cases: dict[str, list[PreparedCase]], norms: dict, patch: int,
+    spacing: float, device: torch.device,
+) -> dict[str, dict[str, float]]:
+    """Mean Dice per organ and modality on held-out cases, on the model grid."""
+    out: dict[str, dict[str, float]] = {}
+    model.eval()
+    for modality, prepared in cases.items():
+        per_organ: dict[str, list[float]] = {}
+        for case in prepared:
+            pred = predict_labels(model, case.image(norms[modality]), modality, patch, device, InferenceOptions())
+            for s in dice_scores(pred, case.labels, (spacing,) * 3):
+                per_organ.setdefault(s.organ, []).append(s.dice)
+        if per_organ:
+            out[modality] = {k: float(np.nanmean(v)) for k, v in per_organ.items()}
+            out[modality]["mean"] = float(np.nanmean(list(out[modality].values())))
+    model.train()
+    return out
+
+
+def train(
+    run: TrainingRun,
+    train_cases: list[LabelledCase],
+    val_cases: list[LabelledCase] = (),
+    log: LogFn = print,
+) -> Path:
+    """Train, checkpointing to `run.out_dir`; resumes from its checkpoint. Returns the weights."""
+    rank, world = _distributed()
+    cfg = run.preset.training
+    if run.seed is not None:
+        cfg = replace(cfg, seed=run.seed)
+    device = resolve_device(run.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cpu":
+        use_all_cores()
+    torch.manual_seed(cfg.seed + rank)
+    rng = np.random.default_rng(cfg.seed + 1000 * rank)
+    out = Path(run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    prepared: dict[str, list[PreparedCase]] = {m: [] for m in run.modalities}
+    held_out: dict[str, list[PreparedCase]] = {m: [] for m in run.modalities}
+    for case in train_cases:
+        if case.modality in prepared:
+            prepared[case.modality].append(prepare_case(case, cfg.spacing_mm, cfg.patch_size))
+    for case in val_cases:
+        if case.modality in held_out:
+            held_out[case.modality].append(prepare_case(case, cfg.spacing_mm, cfg.patch_size))
+    for m, cases in prepared.items():
+        if not cases:
+            raise ValueError(f"No {m} training cases: variant {run.variant} needs them.")
+    norms = {m: fit_normalization(m, prepared[m]) for m in run.modalities}
+    samplers = {
+        m: PatchSampler(
+            [c.image(norms[m]) for c in prepared[m]], [c.labels for c in prepared[m]],
+            cfg.patch_size, cfg.noise_sigma, cfg.offset_sigma, rng,
+        )
+        for m in run.modalities
+    }
+    if rank == 0:
+        log(f"prepared {sum(map(len, prepared.values()))} training cases in {time.perf_counter() - t0:.0f} s")
+
+    model = MultiModalFCN(run.variant, run.preset.network, run.modalities).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr_for(run.variant), betas=(0.9, 0.999), eps=cfg.adam_eps
+    )
+    loss_fn = (DiceCELoss if cfg.loss == "dice_ce" else DiceLoss)(
+        softmax=True, to_onehot_y=True, include_background=True
+    )
+    step = 0
+    checkpoint = out / f"{run.name}.checkpoint.pt"
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        rng.bit_generator.state = json.loads(state["rng"])
+        if rank == 0:
+            log(f"resumed {run.name} at step {step}")
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    base_lr = cfg.lr_for(run.variant)
+
+    bar = None
+    if run.progress_bar and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=run.total_steps, initial=step, desc=run.name, unit="step", dynamic_ncols=True)
+    history: list[dict] = []
+    model.train()
+    while step < run.total_steps:
+        modality = modality_for_step(step, run.modalities)
+        xs, ys = samplers[modality].sample(cfg.batch_size)
+        x, y = torch.from_numpy(xs).to(device), torch.from_numpy(ys).to(device)
+        lr = base_lr * (1 - step / run.total_steps) ** 0.9 if cfg.lr_schedule == "poly" else base_lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(train_model(x, modality), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", mod=modality)
+        if rank != 0:
+            continue
+        if step % cfg.checkpoint_every == 0 or step == run.total_steps:
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "rng": json.dumps(rng.bit_generator.state)},
+                tmp,
+            )
+            os.replace(tmp, checkpoint)
+        if any(held_out.values()) and (step % cfg.validate_every == 0 or step == run.total_steps):
+            scores = validate(model, held_out, norms, cfg.patch_size, cfg.spacing_mm, device)
+            history.append({"step": step, **{m: s["mean"] for m, s in scores.items()}})
+            shown = ", ".join(f"{m} {s['mean']:.3f}" for m, s in scores.items())
+            log(f"{run.name} step {step}: validation Dice {shown}")
+        if step % 50 == 0:
+            log(f"{run.name} step {step}/{run.total_steps} loss {loss.item():.4f} lr {lr:.2e} "
+                f"{time.perf_counter() - t0:.0f} s")
+    if bar is not None:
+        bar.close()
+    weights = out / f"{run.name}.safetensors"
+    if rank == 0:
+        final = {}
+        if any(held_out.values()):
+            final = validate(model, held_out, norms, cfg.patch_size, cfg.spacing_mm, device)
+        meta = ModelMetadata(
+            variant=run.variant,
+            modalities=run.modalities,
+            network=run.preset.network,
+            spacing_mm=cfg.spacing_mm,
+            patch_size=cfg.patch_size,
+            normalization=norms,
+            trained_on="; ".join(
+                f"{m}: {len(prepared[m])} cases ({', '.join(c.name for c in prepared[m])})" for m in run.modalities
+            ),
+            training={"preset": run.preset.name, **asdict(cfg), "steps": run.total_steps,
+                      "world_size": world, "device": str(device),
+                      "wall_time_s": round(time.perf_counter() - t0, 1), "validation_history": history},
+            validation_dice={
+                "cases": {m: [c.name for c in held_out[m]] for m in run.modalities},
+                "on": "model grid",
+                **final,
+            },
+        )
+        save_weights(model, meta, weights)
+        log(f"wrote {weights}" + (f"; validation {json.dumps(final)}" if final else ""))
+    if world > 1:
+        dist.barrier()
+    return weights
+
+
+def split_cases(cases: list[LabelledCase], n_val: int, seed: int) -> tuple[list, list]:
+    """Hold out `n_val` cases per modality, chosen by a seeded shuffle."""
+    train_cases, val_cases = [], []
+    for m in MODALITIES:
+        mine = [c for c in cases if c.modality == m]
+        order = np.random.default_rng(seed).permutation(len(mine))
+        k = min(n_val, max(len(mine) - 1, 0)) if mine else 0
+        val_cases += [mine[i] for i in order[:k]]
+        train_cases += [mine[i] for i in order[k:]]
+    return train_cases, val_cases
+

@@ -1,0 +1,211 @@
+"""The one weights format: safetensors tensors plus JSON metadata that carries everything
+inference needs (variant, network configuration, spacing, patch size, normalisation).
+
+Loading never unpickles anything: safetensors holds only tensors and strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import VARIANTS, NetworkConfig
+from .errors import WeightsError
+from .networks import MultiModalFCN
+from .organs import MODALITIES, NUM_CLASSES, ORGANS, check_modality
+from .preprocessing import IntensityNorm
+
+FORMAT_VERSION = 1
+METADATA_KEY = "napari_mmseg"
+
+
+@dataclass
+class ModelMetadata:
+    variant: str
+    modalities: tuple[str, ...]
+    network: NetworkConfig
+    spacing_mm: float
+    patch_size: int
+    normalization: dict[str, IntensityNorm]
+    classes: dict[int, str] = field(
+        default_factory=lambda: {0: "background", **{o.label: o.name for o in ORGANS}}
+    )
+    trained_on: str = ""
+    training: dict = field(default_factory=dict)
+    validation_dice: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format_version": self.format_version,
+                "variant": self.variant,
+                "modalities": list(self.modalities),
+                "network": self.network.to_dict(),
+                "spacing_mm": self.spacing_mm,
+                "patch_size": self.patch_size,
+                "normalization": {m: n.to_dict() for m, n in self.normalization.items()},
+                "classes": {str(k): v for k, v in self.classes.items()},
+                "trained_on": self.trained_on,
+                "training": self.training,
+                "validation_dice": self.validation_dice,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMetadata:
+        d = json.loads(text)
+        return cls(
+            variant=d["variant"],
+            modalities=tuple(d["modalities"]),
+            network=NetworkConfig.from_dict(d["network"]),
+            spacing_mm=float(d["spacing_mm"]),
+            patch_size=int(d["patch_size"]),
+            normalization={m: IntensityNorm.from_dict(n) for m, n in d["normalization"].items()},
+            classes={int(k): v for k, v in d.get("classes", {}).items()},
+            trained_on=d.get("trained_on", ""),
+            training=d.get("training", {}),
+            validation_dice=d.get("validation_dice", {}),
+            format_version=int(d["format_version"]),
+        )
+
+
+@dataclass
+class LoadedModel:
+    model: MultiModalFCN
+    meta: ModelMetadata
+    path: Path
+
+
+def build_model(meta: ModelMetadata) -> MultiModalFCN:
+    return MultiModalFCN(meta.variant, meta.network, meta.modalities)
+
+
+def save_weights(
+    model: MultiModalFCN, meta: ModelMetadata, path: str | os.PathLike, half: bool = False
+) -> Path:
+    """Write tensors and metadata atomically; `half` stores float tensors as float16."""
+    tensors = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        if half and t.is_floating_point():
+            t = t.half()
+        tensors[name] = t
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata={METADATA_KEY: meta.to_json()})
+    os.replace(tmp, out)
+    return out
+
+
+def read_metadata(path: str | os.PathLike) -> ModelMetadata:
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"Weights file {p} does not exist.")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(
+            f"{p} is not a napari-mmseg weights file (not readable as safetensors: {e})."
+        ) from None
+    if raw is None:
+        raise WeightsError(f"{p} is a safetensors file without napari-mmseg metadata; it is not ours.")
+    try:
+        meta = ModelMetadata.from_json(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{p} has unreadable napari-mmseg metadata ({e}).") from None
+    if meta.format_version > FORMAT_VERSION:
+        raise WeightsError(f"{p} uses weights format {meta.format_version}; upgrade napari-mmseg.")
+    if meta.variant not in VARIANTS:
+        raise WeightsError(f"{p} is for an unknown variant {meta.variant!r}.")
+    return meta
+
+
+def load_weights(
+    path: str | os.PathLike, variant: str | None = None, modality: str | None = None
+) -> LoadedModel:
+    """Build the network the metadata describes and fill it; check it is the one asked for."""
+    p = Path(path)
+    meta = read_metadata(p)
+    if variant is not None and meta.variant != variant:
+        raise WeightsError(f"{p.name} holds weights for variant {meta.variant}, not {variant}.")
+    if modality is not None and check_modality(modality) not in meta.modalities:
+        raise WeightsError(
+            f"{p.name} ({meta.variant}) was trained for {'/'.join(meta.modalities)}, not {modality}."
+        )
+    model = build_model(meta)
+    expected = model.state_dict()
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{p} is corrupt or truncated ({e}).") from None
+    missing = sorted(set(expected) - set(stored))
+    extra = sorted(set(stored) - set(expected))
+    shapes = [k for k in expected if k in stored and stored[k].shape != expected[k].shape]
+    if missing or extra or shapes:
+        what = "; ".join(
+            f"{label} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", extra), ("mis-shaped", shapes))
+            if keys
+        )
+        raise WeightsError(f"{p.name} does not match a {meta.variant} network as its metadata describes: {what}.")
+    model.load_state_dict({k: stored[k].to(expected[k].dtype) for k in expected})
+    model.eval()
+    return LoadedModel(model, meta, p)
+
+
+def bundled_weights_dir() -> Path:
+    return Path(str(resources.files("napari_mmseg") / "weights"))
+
+
+def bundled_name(variant: str, modality: str | None) -> str:
+    if variant == "individual":
+        if modality is None:
+            raise WeightsError("The individual variant has one network per modality: give the modality.")
+        return f"individual-{check_modality(modality).lower()}.safetensors"
+    return f"{variant}.safetensors"
+
+
+def bundled_weights(variant: str, modality: str | None = None) -> Path:
+    if variant not in VARIANTS:
+        raise WeightsError(f"Unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    path = bundled_weights_dir() / bundled_name(variant, modality)
+    if not path.is_file():
+        raise WeightsError(
+            f"No bundled weights for {variant}{' ' + modality if modality else ''} in this "
+            "installation yet: train them with `mmseg train` and pass the file with --weights."
+        )
+    return path
+
+
+def available_variants(modality: str) -> list[str]:
+    """Variants with bundled weights that serve `modality`."""
+    out = []
+    for v in VARIANTS:
+        p = bundled_weights_dir() / bundled_name(v, modality)
+        if p.is_file() and check_modality(modality) in read_metadata(p).modalities:
+            out.append(v)
+    return out
+
+
+def new_metadata(
+    variant: str, network: NetworkConfig, spacing_mm: float, patch_size: int,
+    normalization: dict[str, IntensityNorm], modalities: tuple[str, ...] = MODALITIES, **extra,
+) -> ModelMetadata:
+    assert network.num_classes == NUM_CLASSES
+    return ModelMetadata(variant, modalities, network, spacing_mm, patch_size, normalization, **extra)
+
+
+def load_state_into(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Fill an existing network from a weights file (used to resume or fine-tune)."""
+    model.load_state_dict(load_weights(path).model.state_dict())

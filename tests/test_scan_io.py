@@ -1,0 +1,154 @@
+"""Reading scans, rejecting what cannot be segmented, and writing labels with the scan's geometry."""
+
+import gzip
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from napari_mmseg.errors import ScanError
+from napari_mmseg.scan_io import read_labels, read_scan, same_geometry, write_labels
+
+
+def volume(shape=(6, 7, 8), direction=(0, 1, 0, -1, 0, 0, 0, 0, 1)):
+    img = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    img.SetSpacing((0.8, 0.9, 2.5))
+    img.SetOrigin((-10.0, 20.0, 30.0))
+    img.SetDirection(direction)
+    return img
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"])
+def test_read_keeps_geometry(tmp_path, suffix):
+    img = volume()
+    path = tmp_path / f"scan{suffix}"
+    sitk.WriteImage(img, str(path))
+    back = read_scan(path)
+    assert same_geometry(back, img)
+    assert back.GetPixelID() == sitk.sitkFloat32
+
+
+def test_read_dicom_series_folder(tmp_path):
+    img = sitk.Cast(volume() * 100, sitk.sitkInt16)
+    img.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(img.GetDepth()):
+        s = img[:, :, k]
+        s.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.1")
+        s.SetMetaData("0020|0032", "\\".join(map(str, img.TransformIndexToPhysicalPoint((0, 0, k)))))
+        s.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        s.SetMetaData("0020|0013", str(k))
+        s.SetMetaData("0008|0060", "CT")
+        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+        writer.Execute(s)
+    back = read_scan(tmp_path)
+    assert back.GetSize() == img.GetSize()
+    assert np.allclose(back.GetOrigin(), img.GetOrigin(), atol=1e-3)
+    assert np.allclose(back.GetSpacing(), img.GetSpacing(), atol=1e-3)
+
+
+def write(tmp_path, name, array):
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return path
+
+
+def write4d(tmp_path):
+    path = tmp_path / "series.nii.gz"
+    frames = [sitk.GetImageFromArray(np.random.rand(3, 4, 5).astype(np.float32)) for _ in range(2)]
+    sitk.WriteImage(sitk.JoinSeries(frames), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: write(p, "flat.nii.gz", np.ones((5, 6), np.float32)), "2-D"),
+        (lambda p: write4d(p), "4-D"),
+        (lambda p: write(p, "slice.nii.gz", np.random.rand(1, 5, 6).astype(np.float32)), "single slice"),
+        (lambda p: write(p, "nan.nrrd", np.full((4, 5, 6), np.nan, np.float32)), "NaN"),
+        # NIfTI I/O turns NaN into 0: the volume arrives empty, and says so
+        (lambda p: write(p, "nan.nii.gz", np.full((4, 5, 6), np.nan, np.float32)), "empty"),
+        (lambda p: write(p, "const.nii.gz", np.zeros((4, 5, 6), np.float32)), "empty"),
+    ],
+)
+def test_bad_volumes_get_a_clear_message(tmp_path, make, message):
+    with pytest.raises(ScanError, match=message):
+        read_scan(make(tmp_path))
+
+
+def test_rgb_is_rejected(tmp_path):
+    rgb = sitk.GetImageFromArray(np.zeros((4, 5, 6, 3), np.uint8), isVector=True)
+    sitk.WriteImage(rgb, str(tmp_path / "rgb.mha"))
+    with pytest.raises(ScanError, match="RGB"):
+        read_scan(tmp_path / "rgb.mha")
+
+
+def test_missing_empty_corrupt_and_truncated_files(tmp_path):
+    with pytest.raises(ScanError, match="does not exist"):
+        read_scan(tmp_path / "nope.nii.gz")
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    with pytest.raises(ScanError, match="empty"):
+        read_scan(tmp_path / "empty.nii.gz")
+    (tmp_path / "junk.nii.gz").write_bytes(gzip.compress(b"not an image" * 100))
+    with pytest.raises(ScanError, match="corrupt"):
+        read_scan(tmp_path / "junk.nii.gz")
+    good = tmp_path / "good.nii.gz"
+    sitk.WriteImage(volume((20, 30, 40)), str(good))
+    (tmp_path / "cut.nii.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ScanError, match="corrupt or\\s+truncated|truncated"):
+        read_scan(tmp_path / "cut.nii.gz")
+    with pytest.raises(ScanError, match="without a DICOM series"):
+        read_scan(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_write_labels_has_exactly_the_scans_geometry(tmp_path, suffix):
+    scan = volume()
+    labels = np.random.default_rng(1).integers(0, 5, size=(6, 7, 8)).astype(np.uint8)
+    out = write_labels(labels, tmp_path / f"labels{suffix}", scan)
+    back = sitk.ReadImage(str(out))
+    assert back.GetPixelID() == sitk.sitkUInt8
+    assert back.GetSize() == scan.GetSize()
+    assert back.GetSpacing() == pytest.approx(scan.GetSpacing())
+    assert back.GetOrigin() == pytest.approx(scan.GetOrigin())
+    assert back.GetDirection() == pytest.approx(scan.GetDirection())
+    assert np.array_equal(sitk.GetArrayFromImage(back), labels)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name], "no temporary file left behind"
+
+
+def test_write_refuses_the_scan_itself_and_wrong_shapes(tmp_path):
+    scan_path = tmp_path / "scan.nii.gz"
+    scan = volume()
+    sitk.WriteImage(scan, str(scan_path))
+    before = scan_path.read_bytes()
+    with pytest.raises(ScanError, match="over the scan"):
+        write_labels(np.zeros((6, 7, 8), np.uint8), scan_path, scan, source=scan_path)
+    assert scan_path.read_bytes() == before
+    with pytest.raises(ScanError, match="do not fit"):
+        write_labels(np.zeros((6, 7, 9), np.uint8), tmp_path / "l.nii.gz", scan)
+    with pytest.raises(ScanError, match="use .nii.gz"):
+        write_labels(np.zeros((6, 7, 8), np.uint8), tmp_path / "l.png", scan)
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    scan = volume()
+    out = tmp_path / "labels.nii.gz"
+    write_labels(np.ones((6, 7, 8), np.uint8), out, scan)
+    before = out.read_bytes()
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", broken)
+    with pytest.raises(RuntimeError):
+        write_labels(np.zeros((6, 7, 8), np.uint8), out, scan)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]
+
+
+def test_read_labels_rejects_fractions(tmp_path):
+    path = write(tmp_path, "frac.nii.gz", np.full((4, 5, 6), 0.5, np.float32))
+    with pytest.raises(ScanError, match="non-integer"):
+        read_labels(path)

@@ -1,0 +1,99 @@
+"""The weights format: round trip, metadata, and a clear sentence for every wrong file."""
+
+import pytest
+import torch
+from conftest import make_weights
+
+from napari_mmseg.errors import WeightsError
+from napari_mmseg.weights import bundled_weights, load_weights, read_metadata, save_weights
+
+
+def test_round_trip_keeps_tensors_and_metadata(tmp_path):
+    path = make_weights(tmp_path / "w.safetensors", "v2")
+    loaded = load_weights(path, variant="v2", modality="MR")
+    again = make_weights(tmp_path / "same.safetensors", "v2")
+    ref = load_weights(again).model.state_dict()
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    meta = loaded.meta
+    assert meta.variant == "v2" and meta.modalities == ("CT", "MR")
+    assert meta.spacing_mm == 4.0 and meta.patch_size == 32
+    assert meta.normalization["CT"].window == (-125.0, 275.0)
+    assert meta.classes[3] == "kidney_right"
+    assert not loaded.model.training
+
+
+def test_half_precision_storage_loads_as_float32(tmp_path):
+    loaded = load_weights(make_weights(tmp_path / "w.safetensors"))
+    half = save_weights(loaded.model, loaded.meta, tmp_path / "half.safetensors", half=True)
+    assert half.stat().st_size < (tmp_path / "w.safetensors").stat().st_size
+    back = load_weights(half)
+    assert all(t.dtype != torch.float16 for t in back.model.state_dict().values())
+
+
+def test_wrong_variant_and_modality(tmp_path):
+    path = make_weights(tmp_path / "w.safetensors", "v1")
+    with pytest.raises(WeightsError, match="variant v1, not v4"):
+        load_weights(path, variant="v4")
+    ind = make_weights(tmp_path / "ct.safetensors", "individual", ("CT",))
+    with pytest.raises(WeightsError, match="trained for CT, not MR"):
+        load_weights(ind, modality="MR")
+
+
+def test_not_a_weights_file(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(WeightsError, match="not a napari-mmseg weights file"):
+        read_metadata(junk)
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_weights(tmp_path / "missing.safetensors")
+
+
+def test_pickle_is_never_loaded(tmp_path):
+    pkl = tmp_path / "model.pt"
+    torch.save({"a": torch.zeros(2)}, pkl)
+    with pytest.raises(WeightsError, match="not a napari-mmseg weights file"):
+        load_weights(pkl)
+
+
+def test_truncated_file(tmp_path):
+    path = make_weights(tmp_path / "w.safetensors")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(WeightsError, match="corrupt or truncated|not a napari-mmseg"):
+        load_weights(cut)
+
+
+def test_missing_and_misshaped_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = make_weights(tmp_path / "w.safetensors")
+    meta = read_metadata(path)
+    tensors = load_file(str(path))
+    name = sorted(tensors)[0]
+    del tensors[name]
+    save_file(tensors, str(tmp_path / "missing.safetensors"), metadata={"napari_mmseg": meta.to_json()})
+    with pytest.raises(WeightsError, match=f"missing {name}"):
+        load_weights(tmp_path / "missing.safetensors")
+    tensors = load_file(str(path))
+    conv = next(k for k in tensors if k.endswith("conv.weight"))
+    tensors[conv] = torch.zeros(1, 1, 1, 1, 1)
+    save_file(tensors, str(tmp_path / "shape.safetensors"), metadata={"napari_mmseg": meta.to_json()})
+    with pytest.raises(WeightsError, match="mis-shaped"):
+        load_weights(tmp_path / "shape.safetensors")
+
+
+def test_safetensors_without_our_metadata(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(WeightsError, match="without napari-mmseg metadata"):
+        read_metadata(tmp_path / "other.safetensors")
+
+
+def test_bundled_lookup_names_the_variant_and_modality():
+    with pytest.raises(WeightsError, match="Unknown variant"):
+        bundled_weights("v9")
+    with pytest.raises(WeightsError, match="give the modality"):
+        bundled_weights("individual")
