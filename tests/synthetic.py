@@ -1,0 +1,55 @@
+"""Small synthetic abdominal-like volumes in the nnU-Net layout, for fast training tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+# label ids as BTCV and CHAOS number them, to prove mapping by name
+LAYOUTS = {
+    "CT": {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 6},
+    "MR": {"background": 0, "liver": 1, "kidney_right": 2, "kidney_left": 3, "spleen": 4},
+}
+
+
+def _case(rng: np.random.Generator, modality: str, ids: dict) -> tuple[np.ndarray, np.ndarray]:
+    shape = (24, 40, 40)  # z, y, x
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    labels = np.zeros(shape, np.uint8)
+    jitter = rng.integers(-2, 3, size=2)
+    # LPS array: x grows to the patient's left, so the liver and right kidney sit at small x
+    blobs = [("liver", (12, 16, 10), 7), ("spleen", (12, 16, 30), 5),
+             ("kidney_right", (10, 26, 12), 4), ("kidney_left", (10, 26, 28), 4)]
+    for name, (cz, cy, cx), r in blobs:
+        inside = (zz - cz) ** 2 + (yy - cy - jitter[0]) ** 2 + (xx - cx - jitter[1]) ** 2 < r * r
+        labels[inside] = ids[name]
+    body = (yy - 20) ** 2 / 18**2 + (xx - 20) ** 2 / 19**2 < 1
+    if modality == "CT":
+        image = np.where(body, 40.0, -1000.0) + rng.normal(0, 10, shape)
+        for name, value in (("liver", 120.0), ("spleen", 90.0), ("kidney_right", 180.0), ("kidney_left", 180.0)):
+            image[labels == ids[name]] = value + rng.normal(0, 10)
+    else:
+        image = np.where(body, 300.0, 5.0) + rng.normal(0, 10, shape)
+        for name, value in (("liver", 150.0), ("spleen", 600.0), ("kidney_right", 700.0), ("kidney_left", 700.0)):
+            image[labels == ids[name]] = value + rng.normal(0, 20)
+    return image.astype(np.float32), labels
+
+
+def write_dataset(root: Path, modality: str, n: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    ids = LAYOUTS[modality]
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(n):
+        image, labels = _case(rng, modality, ids)
+        for arr, path in ((image, root / "imagesTr" / f"case{i:02d}_0000.nii.gz"),
+                          (labels, root / "labelsTr" / f"case{i:02d}.nii.gz")):
+            img = sitk.GetImageFromArray(arr)
+            img.SetSpacing((4.0, 4.0, 4.0))
+            sitk.WriteImage(img, str(path))
+    (root / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": modality}, "labels": ids, "numTraining": n, "file_ending": ".nii.gz"}))
+    return root

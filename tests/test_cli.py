@@ -1,0 +1,128 @@
+"""End-to-end `mmseg segment` / `evaluate` / `info` on real scans, and clean failures."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import make_weights
+
+from napari_mmseg.cli import main
+from napari_mmseg.metrics import dice_scores
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("scan_fixture, modality", [("ct_scan", "CT"), ("mr_scan", "MR")])
+def test_segment_writes_labels_on_the_scans_grid(request, capsys, tmp_path, tiny_weights, scan_fixture, modality):
+    scan = request.getfixturevalue(scan_fixture)
+    out = tmp_path / "labels.nii.gz"
+    code, stdout, err = run(capsys, "segment", scan, "-o", out, "--modality", modality,
+                            "--weights", tiny_weights, "--device", "cpu", "-q")
+    assert code == 0, err
+    labels, image = sitk.ReadImage(str(out)), sitk.ReadImage(str(scan))
+    assert labels.GetPixelID() == sitk.sitkUInt8
+    assert labels.GetSize() == image.GetSize()
+    assert labels.GetSpacing() == pytest.approx(image.GetSpacing())
+    assert labels.GetOrigin() == pytest.approx(image.GetOrigin())
+    assert labels.GetDirection() == pytest.approx(image.GetDirection())
+    assert set(np.unique(sitk.GetArrayFromImage(labels))) <= {0, 1, 2, 3, 4}
+
+
+def test_segment_many_into_a_folder_and_never_overwrite(capsys, tmp_path, data_dir, tiny_weights):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    example = (data_dir / "totalsegmentator-examples" / "example_ct_sm.nii.gz").read_bytes()
+    for name in ("a", "b"):
+        (scans / f"{name}.nii.gz").write_bytes(example)
+    out = tmp_path / "out"
+    args = ("segment", scans, "-o", out, "--modality", "CT", "--weights", tiny_weights, "-q")
+    assert run(capsys, *args)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz"]
+    code, _, err = run(capsys, *args)
+    assert code == 1 and "exists; pass --overwrite" in err
+    code, _, err = run(capsys, "segment", scans / "a.nii.gz", "-o", scans / "a.nii.gz", "--modality", "CT",
+                       "--weights", tiny_weights, "--overwrite")
+    assert code == 1 and "over the scan" in err
+
+
+def test_evaluate_agrees_with_an_independent_dice(capsys, tmp_path, data_dir):
+    ref = data_dir / "abdomen-ct-btcv" / "labelsTr" / "btcv_01.nii.gz"
+    ref_arr = sitk.GetArrayFromImage(sitk.ReadImage(str(ref)))
+    # A prediction in our ids: the reference mapped by hand, then damaged.
+    ours = np.zeros_like(ref_arr, dtype=np.uint8)
+    for src, dst in ((6, 1), (1, 2), (2, 3), (3, 4)):
+        ours[ref_arr == src] = dst
+    ours[:, :, : ours.shape[2] // 2][ours[:, :, : ours.shape[2] // 2] == 1] = 0  # cut half the liver
+    pred_img = sitk.GetImageFromArray(ours)
+    pred_img.CopyInformation(sitk.ReadImage(str(ref)))
+    pred = tmp_path / "pred.nii.gz"
+    sitk.WriteImage(pred_img, str(pred))
+    code, stdout, err = run(capsys, "evaluate", pred, ref, "--csv", tmp_path / "d.csv")
+    assert code == 0, err
+    assert "dataset.json" in stdout  # ids found by name beside the labels folder
+    liver_ref, liver_pred = ref_arr == 6, ours == 1
+    expected = 2 * (liver_ref & liver_pred).sum() / (liver_ref.sum() + liver_pred.sum())
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("liver"))
+    assert float(line.split()[1]) == pytest.approx(expected, abs=1e-4)
+    assert float(next(ln for ln in stdout.splitlines() if ln.startswith("spleen")).split()[1]) == 1.0
+    # and the explicit mapping gives the same
+    code, stdout2, _ = run(capsys, "evaluate", pred, ref, "--ref-labels", "liver=6,spleen=1,RK=2,left kidney=3")
+    assert code == 0 and stdout2.splitlines()[1:] == stdout.splitlines()[1:]
+    spacing = pred_img.GetSpacing()
+    ml = next(s for s in dice_scores(ours, ours, spacing) if s.organ == "liver").predicted_ml
+    assert f"{ml:.1f}" in line
+
+
+def test_evaluate_refuses_another_grid(capsys, data_dir):
+    code, _, err = run(capsys, "evaluate", data_dir / "abdomen-ct-btcv/labelsTr/btcv_01.nii.gz",
+                       data_dir / "abdomen-ct-btcv/labelsTr/btcv_02.nii.gz")
+    assert code == 1 and "same grid" in err and "Traceback" not in err
+
+
+def test_info_prints_the_metadata(capsys, tmp_path):
+    path = make_weights(tmp_path / "w.safetensors", "v3")
+    code, stdout, _ = run(capsys, "info", path)
+    assert code == 0 and '"variant": "v3"' in stdout and '"spacing_mm": 4.0' in stdout
+
+
+@pytest.mark.parametrize(
+    "setup, expected",
+    [
+        (lambda p: p / "missing.nii.gz", "does not exist"),
+        (lambda p: (p / "bad.nii.gz").write_bytes(b"garbage") and p / "bad.nii.gz", "corrupt"),
+        (lambda p: sitk.WriteImage(sitk.GetImageFromArray(np.ones((9, 9), np.float32)), str(p / "2d.nii.gz"))
+         or p / "2d.nii.gz", "2-D"),
+        (lambda p: sitk.WriteImage(sitk.GetImageFromArray(np.zeros((9, 9, 3, 3), np.uint8), isVector=True),
+                                   str(p / "rgb.nrrd")) or p / "rgb.nrrd", "RGB"),
+        (lambda p: sitk.WriteImage(sitk.GetImageFromArray(np.full((5, 9, 9), np.nan, np.float32)),
+                                   str(p / "nan.nrrd")) or p / "nan.nrrd", "NaN"),
+    ],
+)
+def test_bad_input_ends_with_one_line_and_nonzero_exit(capsys, tmp_path, tiny_weights, setup, expected):
+    scan = setup(tmp_path)
+    code, _, err = run(capsys, "segment", scan, "-o", tmp_path / "o.nii.gz", "--modality", "CT",
+                       "--weights", tiny_weights)
+    assert code == 1
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_gpu_and_wrong_weights(capsys, tmp_path, ct_scan, tiny_weights):
+    import torch
+
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, "segment", ct_scan, "-o", tmp_path / "o.nii.gz", "--modality", "CT",
+                           "--weights", tiny_weights, "--device", "cuda")
+        assert code == 1 and "use --device auto or cpu" in err
+    code, _, err = run(capsys, "segment", ct_scan, "-o", tmp_path / "o.nii.gz", "--modality", "CT",
+                       "--variant", "v1", "--weights", tiny_weights)
+    assert code == 1 and "variant v4, not v1" in err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_modality_mismatch_warns(capsys, tmp_path, mr_scan, tiny_weights):
+    code, _, err = run(capsys, "segment", mr_scan, "-o", tmp_path / "o.nii.gz", "--modality", "CT",
+                       "--weights", tiny_weights, "-q")
+    assert code == 0 and "look like MR, not CT" in err
