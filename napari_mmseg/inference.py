@@ -174,7 +174,7 @@ def segment_image(
 
     labels_crop = predict_labels(
         loaded.model, volume, modality, meta.patch_size, device, options,
-        progress=lambda f, s: report(0.05 + 0.9 * f, s), cancel=cancel, timings=timings,
+        progress=lambda f, s: report(round(0.05 + 0.9 * f, 6), s), cancel=cancel, timings=timings,
     )
     t = time.perf_counter()
     report(0.95, "resample back")

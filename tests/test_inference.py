@@ -1,0 +1,82 @@
+"""Inference: progress, cancel, device choice, window counting and modality checks."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mmseg.device import available_devices, resolve_device
+from napari_mmseg.errors import Cancelled, DeviceError
+from napari_mmseg.inference import InferenceOptions, guess_modality, segment_image, window_count
+from napari_mmseg.scan_io import read_scan
+from napari_mmseg.weights import load_weights
+
+
+def test_progress_reaches_one_and_never_goes_back(ct_scan, tiny_weights):
+    seen = []
+    segment_image(read_scan(ct_scan), load_weights(tiny_weights), "CT", InferenceOptions(device="cpu"),
+                  progress=lambda f, stage: seen.append((f, stage)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {"resample", "network", "done"} <= {s for _, s in seen}
+
+
+def test_cancel_between_windows(ct_scan, tiny_weights):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(Cancelled):
+        segment_image(read_scan(ct_scan), load_weights(tiny_weights), "CT", InferenceOptions(device="cpu"),
+                      cancel=cancel)
+    assert len(calls) == 2
+
+
+def test_timings_cover_the_stages(ct_scan, tiny_weights):
+    result = segment_image(read_scan(ct_scan), load_weights(tiny_weights), "CT", InferenceOptions(device="cpu"))
+    assert set(result.timings) >= {"resample", "normalise", "network", "stitching", "resample_back"}
+    assert result.device == "cpu" and result.variant == "v4"
+
+
+def test_devices():
+    assert resolve_device("auto").type == available_devices()[0]
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    with pytest.raises(DeviceError, match="Unknown device"):
+        resolve_device("tpu")
+
+
+def test_window_count_matches_monai():
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    for shape in [(40, 90, 100), (64, 64, 64), (30, 200, 65)]:
+        padded = tuple(max(n, 64) for n in shape)
+        interval = _get_scan_interval(padded, (64, 64, 64), 3, (0.5,) * 3)
+        assert window_count(shape, 64, 0.5) == len(dense_patch_slices(padded, (64, 64, 64), interval))
+
+
+def test_guess_modality(ct_scan, mr_scan, data_dir):
+    from SimpleITK import GetArrayFromImage
+
+    assert guess_modality(GetArrayFromImage(read_scan(ct_scan))) == "CT"
+    assert guess_modality(GetArrayFromImage(read_scan(mr_scan))) == "MR"
+    btcv = data_dir / "abdomen-ct-btcv" / "imagesTr" / "btcv_01_0000.nii.gz"
+    assert guess_modality(GetArrayFromImage(read_scan(btcv))) == "CT"
+
+
+def test_weights_for_one_modality_refuse_the_other(mr_scan, tmp_path):
+    from conftest import make_weights
+
+    ct_only = load_weights(make_weights(tmp_path / "ct.safetensors", "individual", ("CT",)))
+    with pytest.raises(ValueError, match="serve CT, not MR"):
+        segment_image(read_scan(mr_scan), ct_only, "MR")
+
+
+def test_overlap_is_checked():
+    with pytest.raises(ValueError, match="overlap"):
+        InferenceOptions(overlap=1.0)
+    assert np.isclose(InferenceOptions().overlap, 0.5)
