@@ -21,7 +21,16 @@ import SimpleITK as sitk
 
 from .errors import ScanError
 from .organs import ORGAN_BY_NAME, canonical_organ_name, check_modality
-from .scan_io import SCAN_SUFFIXES, labels_to_image, path_suffix, read_image, read_labels, read_scan, strip_suffix
+from .scan_io import (
+    SCAN_SUFFIXES,
+    dicom_series_files,
+    labels_to_image,
+    path_suffix,
+    read_image,
+    read_labels,
+    read_scan,
+    strip_suffix,
+)
 
 # BTCV's 13 organ ids (Landman et al. 2015); the ones we segment, by our names.
 BTCV_LABELS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 6}
@@ -73,7 +82,7 @@ class ChaosCase(LabelledCase):
     def load(self) -> tuple[sitk.Image, sitk.Image]:
         """The DICOM series (float32) and its stacked masks in our ids (uint8), on its grid."""
         image = read_scan(self.image)
-        files = [Path(f) for f in _dicom_series_files(self.image)]
+        files = [Path(f) for f in dicom_series_files(self.image)]
         if len(files) != image.GetSize()[2]:
             raise ScanError(f"{self.image} holds {len(files)} slice files for {image.GetSize()[2]} slices.")
         masks = {p.stem: p for p in self.labels.glob("*.png")}
@@ -86,14 +95,6 @@ class ChaosCase(LabelledCase):
         shape = tuple(reversed(image.GetSize()[:2]))
         grey = np.stack([_read_mask(masks[f.stem], shape) for f in files])
         return image, labels_to_image(remap_labels(grey, self.label_map), image)
-
-
-def _dicom_series_files(folder: Path) -> tuple[str, ...]:
-    """The slice files of the folder's largest series in GDCM's order (by slice position):
-    the series and z order `read_scan` reads."""
-    reader = sitk.ImageSeriesReader
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    return max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len, default=())
 
 
 def _read_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:

@@ -31,13 +31,19 @@ def strip_suffix(path: str | os.PathLike) -> str:
     return name[: -len(suffix)] if suffix else name
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
+def dicom_series_files(folder: str | os.PathLike) -> tuple[str, ...]:
+    """The slice files of the folder's largest series (the volume a user means), in GDCM's
+    order by slice position; empty when the folder holds no DICOM series."""
+    reader = sitk.ImageSeriesReader
     series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
+    return max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len, default=())
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    files = dicom_series_files(folder)
+    if not files:
         raise ScanError(f"{folder} is a folder without a DICOM series: give a scan file or a DICOM folder.")
-    # The series with the most slices is the volume a user means.
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         return reader.Execute()

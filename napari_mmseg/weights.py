@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import VARIANTS, NetworkConfig
 from .errors import WeightsError
 from .networks import MultiModalFCN
-from .organs import MODALITIES, NUM_CLASSES, ORGANS, check_modality
+from .organs import ORGANS, check_modality
 from .preprocessing import IntensityNorm
 
 FORMAT_VERSION = 1
@@ -197,15 +196,3 @@ def available_variants(modality: str) -> list[str]:
             out.append(v)
     return out
 
-
-def new_metadata(
-    variant: str, network: NetworkConfig, spacing_mm: float, patch_size: int,
-    normalization: dict[str, IntensityNorm], modalities: tuple[str, ...] = MODALITIES, **extra,
-) -> ModelMetadata:
-    assert network.num_classes == NUM_CLASSES
-    return ModelMetadata(variant, modalities, network, spacing_mm, patch_size, normalization, **extra)
-
-
-def load_state_into(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Fill an existing network from a weights file (used to resume or fine-tune)."""
-    model.load_state_dict(load_weights(path).model.state_dict())
