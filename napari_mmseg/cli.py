@@ -155,7 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{organ:<14}{dice:>8.4f}{p:>11.1f}{r:>11.1f}")
     print(f"{'mean':<14}{mean_dice(scores):>8.4f}")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
+        with open(args.csv, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["organ", "dice", "predicted_ml", "reference_ml"])
             w.writerows(rows)
@@ -190,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(line: str) -> None:
-        with open(log_path, "a") as f:
+        with open(log_path, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
     for modalities in groups:

@@ -127,7 +127,7 @@ def label_map_from_names(names_to_ids: dict[str, int]) -> dict[int, int]:
 
 def read_dataset_json(path: str | os.PathLike) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ScanError(f"Cannot read {path}: {e}") from None
 

@@ -82,7 +82,7 @@ def run_study(study: StudyConfig, progress: bool = True) -> Path:
     log_path = out / "study.log"
 
     def log(line: str) -> None:
-        with open(log_path, "a") as f:
+        with open(log_path, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
     t_start = time.perf_counter()
@@ -105,7 +105,7 @@ def run_study(study: StudyConfig, progress: bool = True) -> Path:
                     rows = _evaluate(weights, mine, study.device, run.out_dir / run.name)
                     for r in rows:
                         r.update(repetition=rep, fold=fold, variant=variant)
-                    scores.write_text(json.dumps(rows))
+                    scores.write_text(json.dumps(rows), encoding="utf-8")
                     (run.out_dir / f"{run.name}.checkpoint.pt").unlink(missing_ok=True)
                     log(f"rep {rep} fold {fold} {run.name}: {time.perf_counter() - t0:.0f} s, mean Dice "
                         f"{np.nanmean([r['dice'] for r in rows]):.3f}")
@@ -116,7 +116,7 @@ def run_study(study: StudyConfig, progress: bool = True) -> Path:
 def collect_scores(out: Path) -> list[dict]:
     rows: list[dict] = []
     for path in sorted((out / "runs").glob("*/*.scores.json")):
-        rows += json.loads(path.read_text())
+        rows += json.loads(path.read_text(encoding="utf-8"))
     return rows
 
 
@@ -129,7 +129,7 @@ def write_report(out: Path, study: StudyConfig) -> Path:
     """Tables 1–3 (Markdown and CSV), box plots and overlays from the cached scores."""
     rows = collect_scores(out)
     variants = [v for v in study.variants if any(r["variant"] == v for r in rows)]
-    with open(out / "scores.csv", "w", newline="") as f:
+    with open(out / "scores.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["repetition", "fold", "variant", "modality", "case", "organ", "dice",
                                           "predicted_ml", "reference_ml"])
         w.writeheader()
@@ -164,14 +164,14 @@ def write_report(out: Path, study: StudyConfig) -> Path:
     lines.append("| std over cases | " + " | ".join(f"{overall[v][1]:.3f}" for v in variants) + " |")
     lines.append("| std over repetitions | " + " | ".join(
         f"{np.std(per_run[v]):.3f}" if len(per_run[v]) > 1 else "–" for v in variants) + " |")
-    with open(out / "summary.csv", "w", newline="") as f:
+    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["modality", "organ", "variant", "mean", "std", "n"])
         w.writeheader()
         w.writerows(summary_rows)
     figures = _plots(out, rows, variants)
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
     report = out / "study.md"
-    report.write_text("\n".join(lines) + "\n")
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
 
 

@@ -23,7 +23,7 @@ from .device import resolve_device, use_all_cores
 from .errors import Cancelled
 from .networks import MultiModalFCN
 from .organs import check_modality
-from .preprocessing import IntensityNorm, to_canonical, to_native
+from .preprocessing import IntensityNorm, guess_modality, probabilities_to_native, to_canonical
 from .weights import LoadedModel
 
 ProgressFn = Callable[[float, str], None]
@@ -52,12 +52,6 @@ class Segmentation:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def guess_modality(values: np.ndarray) -> str:
-    """CT holds Hounsfield units (air and fat well below zero); MR intensities are positive."""
-    sample = values[::4, ::4, ::4] if values.size > 1_000_000 else values
-    return "CT" if np.percentile(sample, 2) < -50 else "MR"
-
-
 def body_box(values: np.ndarray, margin: int) -> tuple[slice, ...]:
     """Bounding box of the voxels brighter than air (plus a margin): windows outside it are
     empty, so the network need not see them."""
@@ -80,7 +74,7 @@ def window_count(shape: tuple[int, ...], patch: int, overlap: float) -> int:
     return math.prod(1 if n <= patch else math.ceil((n - patch) / interval) + 1 for n in shape)
 
 
-def predict_labels(
+def predict_probabilities(
     model: MultiModalFCN,
     volume: np.ndarray,
     modality: str,
@@ -91,7 +85,8 @@ def predict_labels(
     cancel: CancelFn | None = None,
     timings: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """Labels (uint8) for a normalised volume on the model's grid."""
+    """Class probabilities (float32, classes × z × y × x) for a normalised volume on the
+    model's grid: softmax of overlapping windows, averaged with Gaussian weights."""
     n_windows = window_count(volume.shape, patch, options.overlap)
     done = 0
     network_s = 0.0
@@ -124,11 +119,11 @@ def predict_labels(
             x, (patch,) * 3, options.windows_per_batch, predictor, overlap=options.overlap,
             mode="gaussian", padding_mode="constant", cval=float(volume.min()),
         )
-        labels = probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+        probs = probs[0].float().cpu().numpy()
     if timings is not None:
         timings["network"] = timings.get("network", 0.0) + network_s
         timings["stitching"] = timings.get("stitching", 0.0) + time.perf_counter() - t0 - network_s
-    return labels
+    return probs
 
 
 def segment_image(
@@ -172,17 +167,16 @@ def segment_image(
     volume = norm.apply(raw[box])
     timings["normalise"] = time.perf_counter() - t
 
-    labels_crop = predict_labels(
+    probs_crop = predict_probabilities(
         loaded.model, volume, modality, meta.patch_size, device, options,
         progress=lambda f, s: report(round(0.05 + 0.9 * f, 6), s), cancel=cancel, timings=timings,
     )
     t = time.perf_counter()
     report(0.95, "resample back")
-    labels = np.zeros(raw.shape, np.uint8)
-    labels[box] = labels_crop
-    label_image = sitk.GetImageFromArray(labels)
-    label_image.CopyInformation(canonical)
-    native = to_native(label_image, image)
+    probs = np.zeros((probs_crop.shape[0], *raw.shape), np.float32)
+    probs[0] = 1.0  # outside the body box: background
+    probs[(slice(None), *box)] = probs_crop
+    native = probabilities_to_native(probs, canonical, image)
     timings["resample_back"] = time.perf_counter() - t
     report(1.0, "done")
     return Segmentation(native, str(device), meta.variant, modality, timings)

@@ -145,7 +145,11 @@ def check_volume(image: sitk.Image, what: str = "scan") -> None:
 
 def read_scan(path: str | os.PathLike) -> sitk.Image:
     """A 3-D grey-value scan as float32, geometry kept; rejects what cannot be segmented."""
-    image = read_image(path)
+    return as_scan(read_image(path), path)
+
+
+def as_scan(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
+    """`read_scan`'s checks and conversion, for an image already read from `path`."""
     check_volume(image)
     image = sitk.Cast(image, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(image)
@@ -160,7 +164,11 @@ def read_scan(path: str | os.PathLike) -> sitk.Image:
 
 def read_labels(path: str | os.PathLike) -> sitk.Image:
     """An integer label map (any integer type, or float holding whole numbers) as uint16."""
-    image = read_image(path)
+    return as_labels(read_image(path), path)
+
+
+def as_labels(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
+    """`read_labels`'s checks and conversion, for an image already read from `path`."""
     check_volume(image, "label map")
     values = sitk.GetArrayViewFromImage(image)
     integral = np.issubdtype(values.dtype, np.integer) or (
@@ -205,6 +213,9 @@ def write_labels(
         raise ScanError(f"Cannot write labels to {out.name}: use .nii.gz, .nii, .nrrd or .mha.")
     if source is not None and Path(source).exists() and out.exists() and out.samefile(source):
         raise ScanError(f"Refusing to write labels over the scan itself ({out}); choose another file.")
+    values = labels if isinstance(labels, np.ndarray) else sitk.GetArrayViewFromImage(labels)
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise ScanError(f"Label ids must lie in 0–255 to be saved as uint8; these span {values.min()}–{values.max()}.")
     if isinstance(labels, np.ndarray):
         image = labels_to_image(labels, reference)
     else:
@@ -217,6 +228,9 @@ def write_labels(
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, useCompression=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a saved file is the user's usual kind
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

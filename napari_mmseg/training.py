@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss, DiceLoss
 from .config import Preset
 from .datasets import LabelledCase
 from .device import resolve_device, use_all_cores
-from .inference import InferenceOptions, predict_labels
+from .inference import predict_probabilities
 from .metrics import dice_scores
 from .networks import MultiModalFCN
 from .organs import MODALITIES
@@ -75,7 +75,8 @@ def validate(
     for modality, prepared in cases.items():
         per_organ: dict[str, list[float]] = {}
         for case in prepared:
-            pred = predict_labels(model, case.image(norms[modality]), modality, patch, device, InferenceOptions())
+            probs = predict_probabilities(model, case.image(norms[modality]), modality, patch, device)
+            pred = probs.argmax(axis=0).astype(np.uint8)
             for s in dice_scores(pred, case.labels, (spacing,) * 3):
                 per_organ.setdefault(s.organ, []).append(s.dice)
         if per_organ:

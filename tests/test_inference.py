@@ -6,7 +6,8 @@ import torch
 
 from napari_mmseg.device import available_devices, resolve_device
 from napari_mmseg.errors import Cancelled, DeviceError
-from napari_mmseg.inference import InferenceOptions, guess_modality, segment_image, window_count
+from napari_mmseg.inference import InferenceOptions, segment_image, window_count
+from napari_mmseg.preprocessing import guess_modality
 from napari_mmseg.scan_io import read_scan
 from napari_mmseg.weights import load_weights
 

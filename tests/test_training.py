@@ -125,13 +125,13 @@ def test_study_writes_tables_plots_and_resumes(data, tmp_path, monkeypatch):
     study = StudyConfig(ct=ct, mr=mr, out_dir=tmp_path, preset="tiny", variants=("individual", "v4"),
                         repetitions=1, folds=2, steps=2, device="cpu")
     report = run_study(study, progress=False)
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     assert "Table 1: MR" in text and "Table 2: CT" in text and "Table 3" in text
     for name in ("boxplot-ct.png", "boxplot-mr.png", "overlay-ct.png", "overlay-mr.png", "scores.csv", "summary.csv"):
         assert (tmp_path / name).is_file(), name
-    rows = json.loads((tmp_path / "runs" / "rep0-fold1" / "v4.scores.json").read_text())
+    rows = json.loads((tmp_path / "runs" / "rep0-fold1" / "v4.scores.json").read_text(encoding="utf-8"))
     assert {r["modality"] for r in rows} == {"CT", "MR"} and len(rows) == 4 * 4  # 2 + 2 test cases × 4 organs
     # resume: a second call trains nothing and gives the same report
-    log_before = (tmp_path / "study.log").read_text().count("mean Dice")
+    log_before = (tmp_path / "study.log").read_text(encoding="utf-8").count("mean Dice")
     run_study(study, progress=False)
-    assert (tmp_path / "study.log").read_text().count("mean Dice") == log_before
+    assert (tmp_path / "study.log").read_text(encoding="utf-8").count("mean Dice") == log_before
