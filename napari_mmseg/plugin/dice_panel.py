@@ -1,0 +1,204 @@
+"""The "Dice per organ" dock widget: a prediction against a reference, live while painting.
+
+Both layers are mapped to our organ ids by name (the layer's own label names, a public
+convention, or a mapping the user types), so a BTCV or CHAOS reference compares with our
+output. The table follows paint strokes, debounced: one recomputation after the edits pause.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, Table
+from napari.layers import Labels
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QStyledItemDelegate
+
+from ..metrics import OrganScore, dice_scores, mean_dice
+from ..organs import ORGAN_BY_NAME
+from .conventions import CONVENTIONS, OURS, parse_mapping, to_our_ids
+from .layers import CONVENTION, LABEL_NAMES
+
+if TYPE_CHECKING:
+    import napari
+
+AUTO = "auto"
+CUSTOM = "custom"
+DEBOUNCE_MS = 300
+_COLUMNS = ("Dice", "pred. ml", "ref. ml")  # volumes of the prediction and the reference
+
+
+class DicePanel(Container):
+    """Dice and volumes per organ between two Labels layers, updated as they are edited."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = napari_viewer
+        self._watched: list[Labels] = []
+        self.scores: list[OrganScore] = []
+
+        self._prediction = ComboBox(name="prediction", label="Prediction", choices=self._labels_choices)
+        self._reference = ComboBox(name="reference", label="Reference", choices=self._labels_choices)
+        self._convention = ComboBox(
+            name="convention",
+            label="Reference ids",
+            choices=[("names stored with the layer", AUTO), *((c, c) for c in CONVENTIONS), ("custom", CUSTOM)],
+        )
+        self._mapping = LineEdit(
+            name="mapping", label="Mapping", value="liver=6, spleen=1, kidney_right=2, kidney_left=3"
+        )
+        self._table = Table(name="table", value={"data": [], "columns": list(_COLUMNS)})
+        self._table.native.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self._table.native.setItemDelegate(QStyledItemDelegate(self._table.native))  # our number format
+        self._table.native.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self._table.native.setMinimumHeight(150)
+        self._message = Label(name="message")
+        for widget in (self._table, self._message):
+            widget.label = ""  # no caption beside them
+        self._message.native.setWordWrap(True)
+        self._export = PushButton(name="export", text="Export CSV…")
+        self.extend([
+            self._prediction, self._reference, self._convention, self._mapping, self._table, self._message,
+            self._export,
+        ])
+
+        self._timer = QTimer(self.native)  # dies with the panel: never fires after it is gone
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.update_scores)
+
+        self._mapping.visible = False
+        for widget in (self._prediction, self._reference):
+            widget.changed.connect(self._watch_layers)
+        self._convention.changed.connect(self._on_convention)
+        self._mapping.changed.connect(self.schedule_update)
+        self._export.changed.connect(self._ask_export)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self.native.destroyed.connect(self._on_closed)
+        self._pick_defaults()
+        self._watch_layers()
+
+    def _on_closed(self, _object: Any = None) -> None:
+        """The panel is gone (napari closing): stop listening to the viewer and its layers."""
+        for event in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
+            event.disconnect(self._refresh_layers)
+        self._unwatch()
+
+    @property
+    def message(self) -> str:
+        return self._message.value
+
+    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Labels]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
+
+    def _refresh_layers(self, _event: Any = None) -> None:
+        for widget in (self._prediction, self._reference):
+            widget.reset_choices()
+        self._pick_defaults()
+
+    def _pick_defaults(self) -> None:
+        """A layer with stored names in another convention is most likely the reference."""
+        layers = [layer for _, layer in self._labels_choices()]
+        if len(layers) < 2 or self._prediction.value is not self._reference.value:
+            return
+        references = [layer for layer in layers if layer.metadata.get(CONVENTION) not in (None, OURS)]
+        reference = references[0] if references else layers[0]
+        self._reference.value = reference
+        self._prediction.value = next(layer for layer in reversed(layers) if layer is not reference)
+
+    def _on_convention(self, _value: Any = None) -> None:
+        self._mapping.visible = self._convention.value == CUSTOM
+        self.schedule_update()
+
+    def _watch_layers(self, _value: Any = None) -> None:
+        """Follow paint strokes and data changes of the two chosen layers only."""
+        self._unwatch()
+        self._watched = [w.value for w in (self._prediction, self._reference) if w.value is not None]
+        for layer in self._watched:
+            layer.events.paint.connect(self.schedule_update)
+            layer.events.data.connect(self.schedule_update)
+        self.schedule_update()
+
+    def _unwatch(self) -> None:
+        for layer in self._watched:
+            layer.events.paint.disconnect(self.schedule_update)
+            layer.events.data.disconnect(self.schedule_update)
+        self._watched = []
+
+    def schedule_update(self, _event: Any = None) -> None:
+        self._timer.start()
+
+    def _reference_names(self, layer: Labels) -> dict[int, str]:
+        choice = self._convention.value
+        if choice == CUSTOM:
+            return parse_mapping(self._mapping.value)
+        if choice == AUTO:
+            names = layer.metadata.get(LABEL_NAMES)
+            if not names:
+                raise ValueError(f"{layer.name} has no stored label names: choose its label convention.")
+            return names
+        return CONVENTIONS[choice]
+
+    def update_scores(self) -> None:
+        """Recompute the table now; problems go to the panel's message line."""
+        self._timer.stop()
+        self.scores = []
+        try:
+            self.scores = self._compute()
+        except ValueError as e:
+            self._show([], str(e))
+            return
+        mean = mean_dice(self.scores)
+        self._show(self.scores, f"Mean Dice {mean:.3f} over the organs present." if not np.isnan(mean) else "")
+
+    def _compute(self) -> list[OrganScore]:
+        prediction, reference = self._prediction.value, self._reference.value
+        if prediction is None or reference is None or prediction is reference:
+            raise ValueError("Choose a prediction and a reference: two different Labels layers.")
+        if prediction.data.shape != reference.data.shape:
+            raise ValueError(
+                f"{prediction.name} {tuple(prediction.data.shape)} and {reference.name} "
+                f"{tuple(reference.data.shape)} differ in shape: Dice needs both on the same grid."
+            )
+        predicted = to_our_ids(np.asarray(prediction.data), prediction.metadata.get(LABEL_NAMES) or CONVENTIONS[OURS])
+        expected = to_our_ids(np.asarray(reference.data), self._reference_names(reference))
+        return dice_scores(predicted, expected, tuple(prediction.scale))
+
+    def _show(self, scores: list[OrganScore], message: str) -> None:
+        self._table.value = {
+            "data": [[_fmt(s.dice, 3), _fmt(s.predicted_ml, 1), _fmt(s.reference_ml, 1)] for s in scores],
+            "index": [ORGAN_BY_NAME[s.organ].display_name for s in scores],
+            "columns": list(_COLUMNS),
+        }
+        self._message.value = message
+        self._export.enabled = bool(scores)
+
+    def _ask_export(self, _value: Any = None) -> None:
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export Dice table", "dice.csv", "CSV (*.csv)")
+        if path:
+            self.export_csv(Path(path))
+
+    def export_csv(self, path: Path) -> None:
+        """The table as CSV, with the two layers' names, for a report or a spreadsheet."""
+        rows = [
+            [self._prediction.value.name, self._reference.value.name, s.organ,
+             f"{s.dice:.4f}", f"{s.predicted_ml:.2f}", f"{s.reference_ml:.2f}"]
+            for s in self.scores
+        ]
+        try:
+            with open(path, "w", newline="", encoding="utf-8") as f:
+                out = csv.writer(f)
+                out.writerow(["prediction", "reference", "organ", "dice", "predicted_ml", "reference_ml"])
+                out.writerows(rows)
+        except OSError as e:
+            self._message.value = f"Could not save {path}: {e.strerror or e}."
+            return
+        self._message.value = f"Saved {path}."
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "–" if np.isnan(value) else f"{value:.{digits}f}"

@@ -1,0 +1,122 @@
+"""The segmentation widget in a real napari viewer, with a tiny random-weights network:
+its labels are meaningless, so these tests check the layer, not the anatomy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_weights
+from napari.layers import Labels
+
+from napari_mmseg.device import available_devices
+from napari_mmseg.organs import ORGANS
+from napari_mmseg.plugin.layers import GEOMETRY
+from napari_mmseg.plugin.widget import MODEL, WEIGHTS_FILE, SegmentationWidget
+
+pytestmark = pytest.mark.gui
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, ct_scan):
+    viewer = make_napari_viewer()
+    viewer.open(str(ct_scan), plugin="napari-mmseg")
+    return viewer
+
+
+def widget_with(viewer, weights) -> SegmentationWidget:
+    widget = SegmentationWidget(viewer)
+    widget["model"].value = WEIGHTS_FILE
+    widget["weights"].value = weights
+    widget["quality"].value = 0.25  # fewest windows: these tests are about the layer, not the labels
+    return widget
+
+
+def run(widget: SegmentationWidget, qtbot) -> None:
+    widget["run"].native.click()
+    assert widget.running
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+
+def test_run_adds_an_aligned_coloured_layer_with_organ_volumes(viewer, tiny_weights, qtbot):
+    image = viewer.layers["example_ct_sm"]
+    widget = widget_with(viewer, tiny_weights)
+    assert widget["modality"].value == "CT"
+    assert "v4 weights for CT/MR" in widget["weights_info"].value
+
+    run(widget, qtbot)
+
+    layer = viewer.layers["example_ct_sm v4"]
+    assert isinstance(layer, Labels)
+    assert layer.data.shape == image.data.shape
+    for attribute in ("scale", "translate"):
+        assert np.array_equal(getattr(layer, attribute), getattr(image, attribute))
+    assert np.array_equal(layer.affine.affine_matrix, image.affine.affine_matrix)
+    assert layer.metadata[GEOMETRY] == image.metadata[GEOMETRY]
+    assert layer.metadata[MODEL]["variant"] == "v4"
+    for organ in ORGANS:
+        assert np.allclose(layer.colormap.map(np.array([organ.label]))[0][:3], np.array(organ.rgb) / 255)
+    features = layer.features.set_index("index")
+    assert list(features["organ"]) == [o.display_name for o in ORGANS]
+    voxel_ml = np.prod(image.scale) / 1000
+    for organ in ORGANS:
+        assert features.loc[organ.label, "volume_ml"] == pytest.approx((layer.data == organ.label).sum() * voxel_ml,
+                                                                       abs=0.05)
+    assert widget["progress"].value == 100
+    assert "on cpu" in widget.status or "on cuda" in widget.status
+    assert widget["run"].text == "Run"
+
+
+def test_rerun_replaces_only_an_unedited_result(viewer, tiny_weights, qtbot):
+    widget = widget_with(viewer, tiny_weights)
+    run(widget, qtbot)
+    first = viewer.layers["example_ct_sm v4"]
+    run(widget, qtbot)
+    assert len(viewer.layers) == 2 and viewer.layers["example_ct_sm v4"] is first
+
+    first.paint((15, 50, 60), 2)  # the user corrects the result
+    edited = first.data.copy()
+    run(widget, qtbot)
+    assert [layer.name for layer in viewer.layers] == ["example_ct_sm", "example_ct_sm v4", "example_ct_sm v4 (2)"]
+    assert np.array_equal(first.data, edited)
+
+
+def test_cancel_stops_the_run_and_adds_no_layer(viewer, tiny_weights, qtbot):
+    widget = widget_with(viewer, tiny_weights)
+    widget["run"].native.click()
+    assert widget["run"].text == "Cancel"
+    widget["run"].native.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert [layer.name for layer in viewer.layers] == ["example_ct_sm"]
+    assert widget.status.startswith("Cancelled")
+    assert widget["run"].text == "Run" and widget["run"].enabled
+
+
+def test_bad_inputs_are_explained_not_crashed(make_napari_viewer, tiny_weights, tmp_path, qtbot):
+    viewer = make_napari_viewer()
+    widget = widget_with(viewer, tiny_weights)
+    widget["run"].native.click()
+    assert "Open a scan first" in widget.status
+
+    viewer.add_image(np.random.default_rng(0).normal(size=(64, 64)), name="slice")
+    widget["run"].native.click()
+    assert "2-D" in widget.status and not widget.running
+
+    viewer.add_image(np.random.default_rng(0).normal(100, 20, size=(8, 32, 32)).astype(np.float32), name="mr")
+    widget["scan"].value = viewer.layers["mr"]
+    widget["model"].value = WEIGHTS_FILE
+    widget["weights"].value = make_weights(tmp_path / "ct-only.safetensors", "individual", ("CT",))
+    widget["modality"].value = "MR"
+    widget["run"].native.click()
+    assert "not MR" in widget.status
+
+    widget["weights"].value = tmp_path / "missing.safetensors"
+    widget["run"].native.click()
+    assert "Choose a weights file" in widget.status
+
+    if "cuda" not in available_devices():
+        widget["weights"].value = tiny_weights
+        widget["device"].value = "cuda"
+        widget["run"].native.click()
+        assert "no CUDA GPU" in widget.status
+    assert not widget.running and len(viewer.layers) == 2
