@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.inferers import sliding_window_inference
 
 from .device import resolve_device, use_all_cores
 from .errors import Cancelled
@@ -87,6 +86,7 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Class probabilities (float32, classes × z × y × x) for a normalised volume on the
     model's grid: softmax of overlapping windows, averaged with Gaussian weights."""
+    from monai.inferers import sliding_window_inference  # slow to import: only when needed
     n_windows = window_count(volume.shape, patch, options.overlap)
     done = 0
     network_s = 0.0

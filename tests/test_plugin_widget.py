@@ -120,3 +120,42 @@ def test_bad_inputs_are_explained_not_crashed(make_napari_viewer, tiny_weights, 
         widget["run"].native.click()
         assert "no CUDA GPU" in widget.status
     assert not widget.running and len(viewer.layers) == 2
+
+
+def test_gui_thread_keeps_beating_while_a_segmentation_runs(make_napari_viewer, data_dir, tiny_weights, qtbot,
+                                                            record_property):
+    """A 10 ms timer on the GUI thread: the longest gap between its beats while the network
+    runs is how long the user would see the window freeze."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(data_dir / "abdomen-ct-btcv" / "imagesTr" / "btcv_02_0000.nii.gz"), plugin="napari-mmseg")
+    widget = widget_with(viewer, tiny_weights)
+    widget["quality"].value = 0.5
+    beats: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+    finished = {}
+    add_result = widget._add_result
+
+    def timed_add_result(*args):
+        finished["run"] = time.perf_counter()
+        layer = add_result(*args)
+        finished["layer"] = time.perf_counter()
+        return layer
+
+    widget._add_result = timed_add_result
+    timer.start(10)
+    qtbot.wait(200)
+    run(widget, qtbot)
+    timer.stop()
+    during = np.array([b for b in beats if b <= finished["run"]])
+    gaps = np.diff(np.append(during, finished["run"]))
+    worst_ms = 1000 * float(gaps.max())
+    layer_ms = 1000 * (finished["layer"] - finished["run"])
+    record_property("worst_gui_gap_ms", worst_ms)
+    print(f"\nGUI heartbeat while the segmentation ran: {len(during)} beats, worst gap {worst_ms:.0f} ms, "
+          f"median {1000 * np.median(gaps):.0f} ms; adding the result layer afterwards took {layer_ms:.0f} ms")
+    assert worst_ms < 100, f"the GUI froze for {worst_ms:.0f} ms while the segmentation ran"

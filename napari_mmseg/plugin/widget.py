@@ -78,6 +78,12 @@ class SegmentationWidget(Container):
     """Segment liver, spleen and kidneys of the chosen scan into a new Labels layer."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        # Imports that would otherwise happen mid-run and freeze the GUI: MONAI's, from the
+        # worker thread, stalls the GUI thread up to 0.2 s; napari imports skimage.color for
+        # the first Labels layer (0.26 s). Pay them once, when the widget opens.
+        import monai.inferers  # noqa: F401
+        import skimage.color  # noqa: F401
+
         from ..device import available_devices
 
         super().__init__()
