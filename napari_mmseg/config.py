@@ -63,7 +63,6 @@ class TrainingConfig:
     lr_schedule: str = "constant"  # the paper's; "poly" decays to 0 over the steps
     noise_sigma: float = 0.1
     offset_sigma: float = 0.1
-    crop_margin_mm: float = 20.0
     validate_every: int = 500
     checkpoint_every: int = 250
     seed: int = 0
