@@ -162,3 +162,29 @@ def test_gui_thread_keeps_beating_while_a_segmentation_runs(make_napari_viewer, 
     # loaded 2-core CI machine schedules the GUI thread late now and then, so the test guards
     # against real freezes (an import or a GIL-holding call on the way: 1.7 s before the fix).
     assert worst_ms < 500, f"the GUI froze for {worst_ms:.0f} ms while the segmentation ran"
+
+
+@pytest.mark.parametrize("scan, reference, liver_id, modality", [
+    ("totalsegmentator-examples/example_ct_sm.nii.gz", "totalsegmentator-examples/example_seg.nii.gz", 5, "CT"),
+    ("abdomen-mr-chaos-t2/imagesTr/chaos_02_0000.nii.gz", "abdomen-mr-chaos-t2/labelsTr/chaos_02.nii.gz", 1, "MR"),
+])
+def test_bundled_v4_puts_the_liver_where_the_reference_has_it(make_napari_viewer, data_dir, qtbot, scan, reference,
+                                                               liver_id, modality):
+    from napari_mmseg.weights import available_variants
+
+    if "v4" not in available_variants(modality):
+        pytest.skip("no bundled v4 weights in this installation")
+    viewer = make_napari_viewer()
+    viewer.open(str(data_dir / scan), plugin="napari-mmseg")
+    viewer.open(str(data_dir / reference), plugin="napari-mmseg", layer_type="labels")
+    image, ref = viewer.layers[0], viewer.layers[1]
+    widget = SegmentationWidget(viewer)
+    widget["scan"].value = image
+    assert widget["modality"].value == modality
+    widget["model"].value = "v4"
+    run(widget, qtbot)
+    result = viewer.layers[f"{image.name} v4"]
+    assert np.array_equal(result.scale, ref.scale) and result.data.shape == ref.data.shape
+    liver, ref_liver = result.data == 1, np.asarray(ref.data) == liver_id
+    dice = 2 * (liver & ref_liver).sum() / (liver.sum() + ref_liver.sum())
+    assert dice > 0.75, f"liver Dice {dice:.3f} against the reference"
