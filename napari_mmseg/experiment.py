@@ -183,6 +183,14 @@ def _plots(out: Path, rows: list[dict], variants: list[str]) -> list[Path]:
     from matplotlib.colors import ListedColormap
 
     written = []
+
+    def save(fig, title: str, name: str) -> None:
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=80)
+        plt.close(fig)
+        written.append(out / name)
+
     for modality in MODALITIES:
         fig, axes = plt.subplots(1, len(ORGANS), figsize=(3.2 * len(ORGANS), 3.2), sharey=True)
         for ax, organ in zip(axes, ORGANS, strict=True):
@@ -192,12 +200,7 @@ def _plots(out: Path, rows: list[dict], variants: list[str]) -> list[Path]:
             ax.set_title(organ.display_name)
             ax.tick_params(axis="x", rotation=45)
         axes[0].set_ylabel("Dice")
-        fig.suptitle(f"{modality}: Dice per organ and variant")
-        fig.tight_layout()
-        path = out / f"boxplot-{modality.lower()}.png"
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        written.append(path)
+        save(fig, f"{modality}: Dice per organ and variant", f"boxplot-{modality.lower()}.png")
 
     colours = ListedColormap([(0, 0, 0, 0)] + [tuple(c / 255 for c in o.rgb) + (0.55,) for o in ORGANS])
     for modality in MODALITIES:
@@ -218,11 +221,7 @@ def _plots(out: Path, rows: list[dict], variants: list[str]) -> list[Path]:
                 ax.imshow(labels, cmap=colours, vmin=0, vmax=len(ORGANS), interpolation="nearest")
             ax.set_title(title)
             ax.axis("off")
-        fig.suptitle(f"{modality}, {case}: liver red, spleen green, right kidney blue, left kidney yellow")
-        fig.tight_layout()
-        path = out / f"overlay-{modality.lower()}.png"
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        written.append(path)
+        save(fig, f"{modality}, {case}: liver red, spleen green, right kidney blue, left kidney yellow",
+             f"overlay-{modality.lower()}.png")
     return written
 
