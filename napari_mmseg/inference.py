@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .device import resolve_device, use_all_cores
+from .device import place, resolve_device, use_all_cores
 from .errors import Cancelled
 from .networks import MultiModalFCN
 from .organs import check_modality
@@ -102,7 +102,7 @@ def predict_probabilities(
             raise Cancelled("Segmentation cancelled.")
         t = time.perf_counter()
         with autocast:
-            out = torch.softmax(model(x, modality).float(), dim=1)
+            out = torch.softmax(model(place(x, device), modality).float(), dim=1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         network_s += time.perf_counter() - t
@@ -111,7 +111,7 @@ def predict_probabilities(
             progress(min(done / n_windows, 1.0), "network")
         return out
 
-    model.to(device).eval()
+    place(model, device).eval()
     x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None].to(device)
     t0 = time.perf_counter()
     with torch.inference_mode():

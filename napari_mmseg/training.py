@@ -18,7 +18,7 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from .config import Preset
 from .datasets import LabelledCase
-from .device import resolve_device, use_all_cores
+from .device import place, resolve_device, use_all_cores
 from .inference import predict_probabilities
 from .metrics import dice_scores
 from .networks import MultiModalFCN
@@ -130,7 +130,7 @@ def train(
     if rank == 0:
         log(f"prepared {sum(map(len, prepared.values()))} training cases in {time.perf_counter() - t0:.0f} s")
 
-    model = MultiModalFCN(run.variant, run.preset.network, run.modalities).to(device)
+    model = place(MultiModalFCN(run.variant, run.preset.network, run.modalities), device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=cfg.lr_for(run.variant), betas=(0.9, 0.999), eps=cfg.adam_eps
     )
@@ -162,7 +162,7 @@ def train(
     while step < run.total_steps:
         modality = modality_for_step(step, run.modalities)
         xs, ys = samplers[modality].sample(cfg.batch_size)
-        x, y = torch.from_numpy(xs).to(device), torch.from_numpy(ys).to(device)
+        x, y = place(torch.from_numpy(xs), device), torch.from_numpy(ys).to(device)
         lr = base_lr * (1 - step / run.total_steps) ** 0.9 if cfg.lr_schedule == "poly" else base_lr
         for group in optimizer.param_groups:
             group["lr"] = lr
