@@ -17,12 +17,6 @@ class OrganScore:
     reference_ml: float
 
 
-def organ_volumes_ml(labels: np.ndarray, spacing_mm: tuple[float, ...]) -> dict[str, float]:
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=len(ORGANS) + 1)
-    return {o.name: float(counts[o.label]) * voxel_ml for o in ORGANS}
-
-
 def dice_scores(
     prediction: np.ndarray, reference: np.ndarray, spacing_mm: tuple[float, ...]
 ) -> list[OrganScore]:
