@@ -61,6 +61,8 @@ class TrainingConfig:
     adam_eps: float = 1e-5
     loss: str = "dice"  # "dice" (the paper's) or "dice_ce"
     lr_schedule: str = "constant"  # the paper's; "poly" decays to 0 over the steps
+    # bfloat16 autocast where the device has it (see device.mixed_precision); weights stay float32
+    mixed_precision: bool = True
     noise_sigma: float = 0.1
     offset_sigma: float = 0.1
     validate_every: int = 500

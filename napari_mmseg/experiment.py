@@ -20,6 +20,7 @@ from .config import PRESETS, VARIANTS
 from .datasets import LabelledCase, load_dataset
 from .inference import InferenceOptions, segment_image
 from .metrics import dice_scores
+from .networks.dual_stream import DUAL_STREAM, use_blended_statistics
 from .organs import MODALITIES, ORGANS
 from .training import TrainingRun, train
 from .weights import load_weights
@@ -54,22 +55,30 @@ def overlay_slice(labels: np.ndarray) -> int:
 
 
 def _evaluate(weights: Path, cases: list[LabelledCase], device: str, run_dir: Path) -> list[dict]:
-    """Dice per organ for each test case, at the scan's native resolution."""
+    """Dice per organ for each test case, at the scan's native resolution. Dual-stream
+    networks are scored twice: with per-modality BN statistics (how they are used) and with
+    the blended statistics a plain shared BN would use (`bn_statistics` tells them apart)."""
     rows = []
     for case in cases:
         loaded = load_weights(weights, modality=case.modality)
         image, ref = case.load()
-        pred = segment_image(image, loaded, case.modality, InferenceOptions(device=device)).labels
-        pred_arr, ref_arr = sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref)
-        for s in dice_scores(pred_arr, ref_arr, image.GetSpacing()):
-            rows.append({"case": case.name, "modality": case.modality, "organ": s.organ, "dice": s.dice,
-                         "predicted_ml": s.predicted_ml, "reference_ml": s.reference_ml})
-        # one axial slice as a radiologist sees it (LPS: patient right on the left, anterior up)
-        shown = [sitk.GetArrayFromImage(sitk.DICOMOrient(x, "LPS")) for x in (image, pred, ref)]
-        z = overlay_slice(shown[2])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(run_dir / f"slice-{case.modality}-{case.name}.npz",
-                            image=shown[0][z], pred=shown[1][z], ref=shown[2][z])
+        ref_arr = sitk.GetArrayFromImage(ref)
+        modes = ("per-modality", "blended") if loaded.meta.variant in DUAL_STREAM else ("shared",)
+        for mode in modes:
+            use_blended_statistics(loaded.model, mode == "blended")
+            pred = segment_image(image, loaded, case.modality, InferenceOptions(device=device)).labels
+            pred_arr = sitk.GetArrayFromImage(pred)
+            for s in dice_scores(pred_arr, ref_arr, image.GetSpacing()):
+                rows.append({"case": case.name, "modality": case.modality, "organ": s.organ, "dice": s.dice,
+                             "predicted_ml": s.predicted_ml, "reference_ml": s.reference_ml, "bn_statistics": mode})
+            if mode == "blended":
+                continue
+            # one axial slice as a radiologist sees it (LPS: patient right on the left, anterior up)
+            shown = [sitk.GetArrayFromImage(sitk.DICOMOrient(x, "LPS")) for x in (image, pred, ref)]
+            z = overlay_slice(shown[2])
+            run_dir.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(run_dir / f"slice-{case.modality}-{case.name}.npz",
+                                image=shown[0][z], pred=shown[1][z], ref=shown[2][z])
     return rows
 
 
@@ -127,13 +136,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def write_report(out: Path, study: StudyConfig) -> Path:
     """Tables 1–3 (Markdown and CSV), box plots and overlays from the cached scores."""
-    rows = collect_scores(out)
+    every = collect_scores(out)
+    rows = [r for r in every if r.get("bn_statistics") != "blended"]
     variants = [v for v in study.variants if any(r["variant"] == v for r in rows)]
     with open(out / "scores.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["repetition", "fold", "variant", "modality", "case", "organ", "dice",
-                                          "predicted_ml", "reference_ml"])
+                                          "predicted_ml", "reference_ml", "bn_statistics"])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(every)
     lines = [f"# Study: {study.folds}-fold cross-validation × {study.repetitions} repetitions, preset {study.preset}",
              "", "Mean Dice ± standard deviation over test cases (all folds and repetitions).", ""]
     summary_rows = []
@@ -164,6 +174,7 @@ def write_report(out: Path, study: StudyConfig) -> Path:
     lines.append("| std over cases | " + " | ".join(f"{overall[v][1]:.3f}" for v in variants) + " |")
     lines.append("| std over repetitions | " + " | ".join(
         f"{np.std(per_run[v]):.3f}" if len(per_run[v]) > 1 else "–" for v in variants) + " |")
+    lines += _bn_table(every, variants)
     with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["modality", "organ", "variant", "mean", "std", "n"])
         w.writeheader()
@@ -173,6 +184,22 @@ def write_report(out: Path, study: StudyConfig) -> Path:
     report = out / "study.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
+
+
+def _bn_table(rows: list[dict], variants: list[str]) -> list[str]:
+    """Table 4: dual-stream networks with per-modality vs blended BN running statistics."""
+    dual = [v for v in variants if v in DUAL_STREAM]
+    if not dual:
+        return []
+    lines = ["", "## Table 4: shared BN layers, per-modality vs blended running statistics", "",
+             "Mean Dice over organs and test cases; same trained weights, only the statistics differ.", "",
+             "| variant | CT per-modality | CT blended | MR per-modality | MR blended |", "|---|---|---|---|---|"]
+    for v in dual:
+        cells = [_mean_std([r["dice"] for r in rows if r["variant"] == v and r["modality"] == m
+                            and r.get("bn_statistics") == mode])[0]
+                 for m in ("CT", "MR") for mode in ("per-modality", "blended")]
+        lines.append(f"| {v} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return lines
 
 
 def _plots(out: Path, rows: list[dict], variants: list[str]) -> list[Path]:

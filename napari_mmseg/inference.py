@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .device import place, resolve_device, use_all_cores
+from .device import mixed_precision, place, resolve_device, use_all_cores
 from .errors import Cancelled
 from .networks import MultiModalFCN
 from .organs import check_modality
@@ -35,7 +35,7 @@ class InferenceOptions:
     device: str = "auto"
     crop_to_body: bool = True
     windows_per_batch: int = 2
-    mixed_precision: bool = True  # on CUDA only
+    mixed_precision: bool = True  # float16 on CUDA; CPU inference stays float32
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -90,11 +90,7 @@ def predict_probabilities(
     n_windows = window_count(volume.shape, patch, options.overlap)
     done = 0
     network_s = 0.0
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16)
-        if device.type == "cuda" and options.mixed_precision
-        else nullcontext()
-    )
+    autocast = mixed_precision(device, training=False) if options.mixed_precision else nullcontext()
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
         nonlocal done, network_s

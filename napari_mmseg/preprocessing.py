@@ -122,58 +122,42 @@ def to_canonical(image: sitk.Image, spacing_mm: float, is_label: bool = False) -
     )
 
 
-def _native_region(box: tuple[slice, ...], grid: sitk.Image, native: sitk.Image) -> tuple[list[int], list[int]]:
-    """Index start and size of the part of `native` that covers `box` (z, y, x) of `grid`."""
-    corners = []
-    for x in (box[2].start - 0.5, box[2].stop - 0.5):
-        for y in (box[1].start - 0.5, box[1].stop - 0.5):
-            for z in (box[0].start - 0.5, box[0].stop - 0.5):
-                point = grid.TransformContinuousIndexToPhysicalPoint((x, y, z))
-                corners.append(native.TransformPhysicalPointToContinuousIndex(point))
-    lo = np.floor(np.min(corners, axis=0)).astype(int)
-    hi = np.ceil(np.max(corners, axis=0)).astype(int) + 1
-    size = native.GetSize()
-    start = [int(max(0, lo[i])) for i in range(3)]
-    stop = [int(min(size[i], hi[i])) for i in range(3)]
-    return start, [max(0, stop[i] - start[i]) for i in range(3)]
+def _native_to_grid_index(native: sitk.Image, grid: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Matrix and offset taking a native (x, y, z) index to a continuous (x, y, z) index of `grid`."""
+    to_phys = np.reshape(native.GetDirection(), (3, 3)) * np.asarray(native.GetSpacing())
+    from_phys = np.linalg.inv(np.reshape(grid.GetDirection(), (3, 3)) * np.asarray(grid.GetSpacing()))
+    return from_phys @ to_phys, from_phys @ (np.asarray(native.GetOrigin()) - np.asarray(grid.GetOrigin()))
 
 
 def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Image) -> sitk.Image:
     """Labels on the scan's own grid from class probabilities on the canonical grid.
 
-    Interpolating probabilities (linear) and taking the argmax on the fine grid gives
-    smoother, more accurate organ borders than nearest-neighbour labels (+0.5 to 1 Dice
-    point on CHAOS MR, measured); only the box around the organs is interpolated, since
-    everything outside it is background anyway.
+    The argmax of linearly interpolated probabilities gives smoother, more accurate organ
+    borders than nearest-neighbour labels (+0.5 to 1 Dice point on CHAOS MR, measured). It
+    can only differ from the nearest coarse label where that voxel's 3×3×3 neighbourhood
+    holds more than one label (a convex mix of probability vectors that share their argmax
+    keeps it), so one nearest-neighbour resampling carries the labels and a border flag, and
+    probabilities are interpolated only for the flagged voxels: on a 512×512×300 scan, a
+    few percent of the voxels.
     """
-    coarse = probs.argmax(axis=0)
-    labels = np.zeros(tuple(reversed(native.GetSize())), np.uint8)
-    organ = np.argwhere(coarse > 0)
-    if organ.size:
-        lo, hi = np.maximum(organ.min(axis=0) - 2, 0), np.minimum(organ.max(axis=0) + 3, coarse.shape)
-        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-        start, size = _native_region(box, grid, native)
-        if min(size) > 0:
-            region = sitk.Image(size, sitk.sitkUInt8)
-            region.SetSpacing(native.GetSpacing())
-            region.SetDirection(native.GetDirection())
-            region.SetOrigin(native.TransformIndexToPhysicalPoint(start))
-            # organ channels only; background is what they leave (interpolation keeps sums)
-            total = best = arg = None
-            for k in range(1, probs.shape[0]):
-                channel = sitk.GetImageFromArray(probs[k])
-                channel.CopyInformation(grid)
-                p = sitk.GetArrayFromImage(
-                    sitk.Resample(channel, region, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-                )
-                if best is None:
-                    total, best, arg = p.copy(), p, np.full(p.shape, k, np.uint8)
-                else:
-                    total += p
-                    arg[p > best] = k
-                    np.maximum(best, p, out=best)
-            arg[1.0 - total >= best] = 0
-            labels[start[2] : start[2] + size[2], start[1] : start[1] + size[1], start[0] : start[0] + size[0]] = arg
+    from scipy import ndimage
+
+    coarse = probs.argmax(axis=0).astype(np.uint8)
+    border = ndimage.maximum_filter(coarse, 3) != ndimage.minimum_filter(coarse, 3)
+    coded = sitk.GetImageFromArray(coarse | (border.view(np.uint8) << 7))
+    coded.CopyInformation(grid)
+    labels = sitk.GetArrayFromImage(sitk.Resample(coded, native, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    band = np.nonzero(labels >= 128)  # z, y, x indices of the native voxels to interpolate
+    labels &= 127
+    if band[0].size:
+        matrix, offset = _native_to_grid_index(native, grid)
+        xyz = matrix @ np.stack(band[::-1]).astype(np.float32) + offset[:, None]
+        zyx = xyz[::-1]
+        organ = np.stack([ndimage.map_coordinates(probs[k], zyx, order=1, mode="nearest")
+                          for k in range(1, probs.shape[0])])
+        # background is what the organs leave (interpolation keeps sums); it wins ties
+        best = organ.argmax(axis=0)
+        labels[band] = np.where(1.0 - organ.sum(axis=0) >= organ.max(axis=0), 0, best + 1)
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(native)
     return out

@@ -8,6 +8,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from .config import Preset
 from .datasets import LabelledCase
-from .device import place, resolve_device, use_all_cores
+from .device import mixed_precision, place, resolve_device, use_all_cores
 from .inference import predict_probabilities
 from .metrics import dice_scores
 from .networks import MultiModalFCN
@@ -166,7 +167,9 @@ def train(
         lr = base_lr * (1 - step / run.total_steps) ** 0.9 if cfg.lr_schedule == "poly" else base_lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = loss_fn(train_model(x, modality), y)
+        with mixed_precision(device, training=True) if cfg.mixed_precision else nullcontext():
+            logits = train_model(x, modality)
+        loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

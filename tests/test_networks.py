@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from napari_mmseg.config import PRESETS, VARIANTS, NetworkConfig
-from napari_mmseg.networks import STREAM_PARTS, MultiModalFCN, parameter_modality
+from napari_mmseg.networks import STREAM_PARTS, MultiModalFCN, parameter_modality, use_blended_statistics
 
 SMALL = NetworkConfig(filters=(4, 8, 8, 16, 16), units_per_scale=2)
 
@@ -75,6 +75,35 @@ def test_msbn_keeps_batch_statistics_per_modality():
     model(torch.randn(2, 1, 16, 16, 16) + 5.0, "CT")
     bn = model.scale1.units[0].norm_a.norms
     assert not torch.allclose(bn["CT"].running_mean, bn["MR"].running_mean)
+
+
+@pytest.mark.parametrize("variant", ["v1", "v2", "v3", "v4"])
+def test_shared_bn_of_dual_stream_evaluates_with_its_modalitys_statistics(variant):
+    """Training batches hold one modality, so a shared BN normalises with that modality's
+    batch statistics; evaluation must use the same modality's running statistics."""
+    model = make(variant)
+    shared = next(m for n, m in model.named_modules() if n.endswith("skip_norm") and "streams" not in n) \
+        if variant in ("v1", "v2") else model.bottleneck.units[0].norm_a
+    model.train()
+    with torch.no_grad():
+        for _ in range(20):
+            model(torch.randn(2, 1, 16, 16, 16) * 3 + 5, "CT")
+            model(torch.randn(2, 1, 16, 16, 16), "MR")
+    assert not torch.allclose(shared.running_mean_CT, shared.running_mean_MR)
+    model.eval()
+    x = torch.randn(1, 1, 16, 16, 16) * 3 + 5
+    with torch.no_grad():
+        own = model(x, "CT")
+        use_blended_statistics(model)
+        assert not torch.allclose(own, model(x, "CT"))
+        use_blended_statistics(model, False)
+        assert torch.equal(own, model(x, "CT"))
+
+
+def test_streamed_parts_keep_no_statistics_for_the_other_modality():
+    names = [n for n, _ in make("v4").named_buffers()]
+    assert not any("streams.CT" in n and n.endswith("_MR") for n in names)
+    assert any(n.startswith("bottleneck.") and n.endswith("running_mean_MR") for n in names)
 
 
 def test_joint_ignores_modality_in_eval():

@@ -130,7 +130,10 @@ def test_study_writes_tables_plots_and_resumes(data, tmp_path, monkeypatch):
     for name in ("boxplot-ct.png", "boxplot-mr.png", "overlay-ct.png", "overlay-mr.png", "scores.csv", "summary.csv"):
         assert (tmp_path / name).is_file(), name
     rows = json.loads((tmp_path / "runs" / "rep0-fold1" / "v4.scores.json").read_text(encoding="utf-8"))
-    assert {r["modality"] for r in rows} == {"CT", "MR"} and len(rows) == 4 * 4  # 2 + 2 test cases × 4 organs
+    assert {r["modality"] for r in rows} == {"CT", "MR"}
+    # 2 + 2 test cases × 4 organs, scored with per-modality and with blended BN statistics
+    assert sorted(r["bn_statistics"] for r in rows) == ["blended"] * 16 + ["per-modality"] * 16
+    assert "Table 4" in text and "| v4 |" in text
     # resume: a second call trains nothing and gives the same report
     log_before = (tmp_path / "study.log").read_text(encoding="utf-8").count("mean Dice")
     run_study(study, progress=False)

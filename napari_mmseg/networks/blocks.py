@@ -18,14 +18,35 @@ BN_EPS = 1e-3
 
 
 class BatchNorm(nn.Module):
-    """BatchNorm3d with the `(x, modality)` signature; the modality is ignored."""
+    """BatchNorm3d with the `(x, modality)` signature and one scale and shift for all.
 
-    def __init__(self, channels: int) -> None:
+    A BN layer shared by alternating MR and CT batches normalises each batch with that
+    modality's own statistics in training, but its running statistics blend both, so at test
+    time it normalises each modality with the blend. With `modalities`, the layer also keeps
+    running statistics per modality (buffers only; the learned scale and shift stay shared)
+    and evaluates with them, as training did. `blended = True` evaluates the old way.
+    """
+
+    def __init__(self, channels: int, modalities: Sequence[str] = ()) -> None:
         super().__init__()
         self.bn = nn.BatchNorm3d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.modalities = tuple(modalities)
+        self.blended = False
+        for m in self.modalities:
+            self.register_buffer(f"running_mean_{m}", torch.zeros(channels))
+            self.register_buffer(f"running_var_{m}", torch.ones(channels))
 
     def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        return self.bn(x)
+        if modality not in self.modalities:
+            return self.bn(x)
+        mean, var = getattr(self, f"running_mean_{modality}"), getattr(self, f"running_var_{modality}")
+        if self.training:
+            with torch.no_grad():
+                torch.batch_norm_update_stats(x, mean, var, BN_MOMENTUM)
+            return self.bn(x)
+        if self.blended:
+            mean, var = self.bn.running_mean, self.bn.running_var
+        return F.batch_norm(x, mean, var, self.bn.weight, self.bn.bias, False, 0.0, BN_EPS)
 
 
 class ModalityBatchNorm(nn.Module):

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
 from ..config import VARIANTS, NetworkConfig
 from ..organs import MODALITIES
-from .blocks import BatchNorm, Decoder, ModalityBatchNorm, Scale, Stem
+from .blocks import BatchNorm, Decoder, ModalityBatchNorm, NormFactory, Scale, Stem
 
 PARTS = ("stem", "scale1", "scale2", "scale3", "bottleneck", "decoder")
 
@@ -24,6 +25,17 @@ STREAM_PARTS: dict[str, tuple[str, ...]] = {
     "v4": ("stem", "scale1", "scale2", "scale3", "decoder"),
     "msbn": (),
 }
+
+
+DUAL_STREAM = ("v1", "v2", "v3", "v4")
+
+
+def use_blended_statistics(model: nn.Module, blended: bool = True) -> None:
+    """Evaluate shared BN layers with running statistics blended over both modalities (what
+    a plain shared BN does) instead of per modality; the study measures the difference."""
+    for module in model.modules():
+        if isinstance(module, BatchNorm):
+            module.blended = blended
 
 
 class PerModality(nn.Module):
@@ -56,23 +68,27 @@ class MultiModalFCN(nn.Module):
         self.modalities = modalities
 
         f, s, c = config.filters, config.strides, config
-        if variant == "msbn":
-            def norm(ch: int) -> nn.Module:
-                return ModalityBatchNorm(ch, modalities)
-        else:
-            norm = BatchNorm
+        streams = STREAM_PARTS[variant]
+
+        def norm_for(part: str) -> NormFactory:
+            if variant == "msbn":
+                return lambda ch: ModalityBatchNorm(ch, modalities)
+            if variant in DUAL_STREAM and part not in streams:  # shared by modalities the net tells apart
+                return lambda ch: BatchNorm(ch, modalities)
+            return BatchNorm
+
         makers = {
-            "stem": lambda: Stem(c.in_channels, f[0]),
-            "bottleneck": lambda: Scale(f[3], f[4], s[4], c.units_per_scale, norm, c.strided_kernel),
-            "decoder": lambda: Decoder(f, s, c.num_classes, norm, c.upsample),
+            "stem": lambda norm: Stem(c.in_channels, f[0]),
+            "bottleneck": lambda norm: Scale(f[3], f[4], s[4], c.units_per_scale, norm, c.strided_kernel),
+            "decoder": lambda norm: Decoder(f, s, c.num_classes, norm, c.upsample),
         }
         for i in (1, 2, 3):
             makers[f"scale{i}"] = (
-                lambda i=i: Scale(f[i - 1], f[i], s[i], c.units_per_scale, norm, c.strided_kernel)
+                lambda norm, i=i: Scale(f[i - 1], f[i], s[i], c.units_per_scale, norm, c.strided_kernel)
             )
         for part in PARTS:
-            module = PerModality(makers[part], modalities) if part in STREAM_PARTS[variant] else makers[part]()
-            self.add_module(part, module)
+            make = partial(makers[part], norm_for(part))
+            self.add_module(part, PerModality(make, modalities) if part in streams else make())
 
     def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         if modality not in self.modalities:
