@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from napari_mmseg.config import PRESETS
 from napari_mmseg.datasets import LabelledCase, label_map_from_names, load_nnunet_dataset
-from napari_mmseg.device import place, resolve_device
+from napari_mmseg.device import mixed_precision, place, resolve_device, tune_cpu
 from napari_mmseg.errors import DeviceError, WeightsError
 from napari_mmseg.inference import InferenceOptions, segment_image
 from napari_mmseg.metrics import dice_scores, mean_dice
@@ -79,9 +79,8 @@ def set_threads(n: int | None) -> int:
     cores instead, so that `segment_image` (which takes every core it may use) follows too."""
     if n:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
-    n = len(os.sched_getaffinity(0))
-    torch.set_num_threads(n)
-    return n
+    tune_cpu()  # what segment_image does: every core, large blocks kept (for the peak too)
+    return torch.get_num_threads()
 
 
 def cpu_model() -> str:
@@ -118,10 +117,8 @@ def sync(device: torch.device) -> None:
 
 
 def autocast_for(device: torch.device, options: InferenceOptions) -> AbstractContextManager:
-    """The same autocast `predict_probabilities` uses: float16 on CUDA when mixed precision is on."""
-    if device.type == "cuda" and options.mixed_precision:
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
+    """The same autocast `predict_probabilities` uses."""
+    return mixed_precision(device, training=False) if options.mixed_precision else nullcontext()
 
 
 def conv3d_peak(device: torch.device, options: InferenceOptions, repeats: int) -> dict:

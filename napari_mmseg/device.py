@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -55,14 +57,43 @@ def place(tensor_or_module, device: torch.device):
     return tensor_or_module.to(device=device, memory_format=MEMORY_FORMAT)
 
 
-def use_all_cores() -> None:
-    """Let torch use every core this process may run on (containers often limit them)."""
+# glibc's malloc hands every block over 32 MB to mmap and unmaps it on free, so each large
+# 3-D feature map is page-faulted in afresh for every window batch; keeping such blocks in
+# the heap made a light V4 window 1.45x faster (50 → 34 ms) on this project's CPU.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_BLOCKS_UP_TO = 1 << 30
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def tune_cpu() -> None:
+    """Let torch use every core this process may run on (containers often limit them), and
+    let glibc reuse large blocks instead of mapping them anew."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:
         n = os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BLOCKS_UP_TO)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP_BLOCKS_UP_TO)
+
+
+def release_memory() -> None:
+    """Give the heap's free blocks back to the system (after a segmentation, in a viewer that
+    stays open)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _cpu_has_bf16() -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .device import mixed_precision, place, resolve_device, use_all_cores
+from .device import mixed_precision, place, release_memory, resolve_device, tune_cpu
 from .errors import Cancelled
 from .networks import MultiModalFCN
 from .organs import check_modality
@@ -137,7 +137,7 @@ def segment_image(
         raise ValueError(f"These {meta.variant} weights serve {'/'.join(meta.modalities)}, not {modality}.")
     device = resolve_device(options.device)
     if device.type == "cpu":
-        use_all_cores()
+        tune_cpu()
     timings: dict[str, float] = {}
     report = progress or (lambda f, s: None)
 
@@ -174,5 +174,8 @@ def segment_image(
     probs[(slice(None), *box)] = probs_crop
     native = probabilities_to_native(probs, canonical, image)
     timings["resample_back"] = time.perf_counter() - t
+    del probs, probs_crop, volume, raw
+    if device.type == "cpu":
+        release_memory()
     report(1.0, "done")
     return Segmentation(native, str(device), meta.variant, modality, timings)

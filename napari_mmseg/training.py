@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from .config import Preset
 from .datasets import LabelledCase
-from .device import mixed_precision, place, resolve_device, use_all_cores
+from .device import mixed_precision, place, resolve_device, tune_cpu
 from .inference import predict_probabilities
 from .metrics import dice_scores
 from .networks import MultiModalFCN
@@ -102,7 +102,7 @@ def train(
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cpu":
-        use_all_cores()
+        tune_cpu()
     torch.manual_seed(cfg.seed + rank)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
     out = Path(run.out_dir)
