@@ -55,6 +55,11 @@ def test_panel_matches_metrics_and_follows_a_paint_stroke(viewer, qtbot, tmp_pat
     qtbot.waitUntil(lambda: panel.scores[0].dice != liver.dice, timeout=2000)
     assert panel.scores == expected(viewer)
 
+    # Undo sends no paint event; the panel follows it all the same.
+    prediction.undo()
+    qtbot.waitUntil(lambda: panel.scores[0].dice == liver.dice, timeout=2000)
+    assert panel.scores == expected(viewer)
+
     out = tmp_path / "dice.csv"
     panel.export_csv(out)
     rows = list(csv.DictReader(out.open()))

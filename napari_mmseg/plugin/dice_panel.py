@@ -38,6 +38,7 @@ class DicePanel(Container):
         super().__init__()
         self._viewer = napari_viewer
         self._watched: list[Labels] = []
+        self._history: list[tuple[int, int]] = []
         self.scores: list[OrganScore] = []
 
         self._prediction = ComboBox(name="prediction", label="Prediction", choices=self._labels_choices)
@@ -121,13 +122,28 @@ class DicePanel(Container):
         for layer in self._watched:
             layer.events.paint.connect(self.schedule_update)
             layer.events.data.connect(self.schedule_update)
+            layer.events.set_data.connect(self._on_set_data)
+        self._history = self._history_lengths()
         self.schedule_update()
 
     def _unwatch(self) -> None:
         for layer in self._watched:
             layer.events.paint.disconnect(self.schedule_update)
             layer.events.data.disconnect(self.schedule_update)
+            layer.events.set_data.disconnect(self._on_set_data)
         self._watched = []
+
+    def _history_lengths(self) -> list[tuple[int, int]]:
+        return [(len(getattr(layer, "_undo_history", ())), len(getattr(layer, "_redo_history", ())))
+                for layer in self._watched]
+
+    def _on_set_data(self, _event: Any = None) -> None:
+        """Undo and redo send no paint event, only `set_data`, which every re-slice sends too:
+        recompute only when an edit history moved."""
+        lengths = self._history_lengths()
+        if lengths != self._history:
+            self._history = lengths
+            self.schedule_update()
 
     def schedule_update(self, _event: Any = None) -> None:
         self._timer.start()
