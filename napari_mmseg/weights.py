@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -148,6 +149,7 @@ def load_weights(
             stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{p} is corrupt or truncated ({e}).") from None
+    _fill_per_modality_statistics(stored, expected)
     missing = sorted(set(expected) - set(stored))
     extra = sorted(set(stored) - set(expected))
     shapes = [k for k in expected if k in stored and stored[k].shape != expected[k].shape]
@@ -161,6 +163,19 @@ def load_weights(
     model.load_state_dict({k: stored[k].to(expected[k].dtype) for k in expected})
     model.eval()
     return LoadedModel(model, meta, p)
+
+
+_PER_MODALITY_STAT = re.compile(r"\.running_(mean|var)_(CT|MR)$")
+
+
+def _fill_per_modality_statistics(stored: dict, expected: dict) -> None:
+    """Dual-stream files written before shared BN layers kept statistics per modality have
+    only the blended ones: use those for both modalities, which is how such files behaved."""
+    for key in expected:
+        if key not in stored and _PER_MODALITY_STAT.search(key):
+            blended = _PER_MODALITY_STAT.sub(r".bn.running_\1", key)
+            if blended in stored:
+                stored[key] = stored[blended]
 
 
 def bundled_weights_dir() -> Path:

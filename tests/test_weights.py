@@ -97,3 +97,18 @@ def test_bundled_lookup_names_the_variant_and_modality():
         bundled_weights("v9")
     with pytest.raises(WeightsError, match="give the modality"):
         bundled_weights("individual")
+
+
+def test_dual_stream_file_without_per_modality_statistics_uses_the_blended_ones(tmp_path):
+    """Files written before shared BN layers kept per-modality statistics still load."""
+    from safetensors.torch import load_file, save_file
+
+    path = make_weights(tmp_path / "w.safetensors", "v4")
+    meta = read_metadata(path)
+    tensors = load_file(str(path))
+    old = {k: v for k, v in tensors.items() if not k.endswith(("_CT", "_MR"))}
+    assert len(old) < len(tensors)
+    save_file(old, str(tmp_path / "old.safetensors"), metadata={"napari_mmseg": meta.to_json()})
+    state = load_weights(tmp_path / "old.safetensors").model.state_dict()
+    key = next(k for k in state if k.endswith("running_mean_MR"))
+    assert torch.equal(state[key], tensors[key.replace("running_mean_MR", "bn.running_mean")])
