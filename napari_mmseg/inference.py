@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .device import mixed_precision, place, release_memory, resolve_device, tune_cpu
+from .device import mixed_precision, place, resolve_device, tune_cpu
 from .errors import Cancelled
 from .networks import MultiModalFCN
 from .organs import check_modality
@@ -174,8 +174,5 @@ def segment_image(
     probs[(slice(None), *box)] = probs_crop
     native = probabilities_to_native(probs, canonical, image)
     timings["resample_back"] = time.perf_counter() - t
-    del probs, probs_crop, volume, raw
-    if device.type == "cpu":
-        release_memory()
     report(1.0, "done")
     return Segmentation(native, str(device), meta.variant, modality, timings)

@@ -23,6 +23,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 
+from ..device import release_memory
 from ..display_geometry import DisplayGeometry, image_from_layer
 from ..errors import Cancelled, MmsegError
 from ..organs import MODALITIES
@@ -314,6 +315,7 @@ class SegmentationWidget(Container):
 
     def _on_finished(self) -> None:
         self._worker = None
+        release_memory()  # the viewer stays open: the run's freed blocks go back to the system
         if self._closed:
             return
         self._run.text = "Run"
