@@ -151,15 +151,16 @@ def read_scan(path: str | os.PathLike) -> sitk.Image:
 def as_scan(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
     """`read_scan`'s checks and conversion, for an image already read from `path`."""
     check_volume(image)
-    image = sitk.Cast(image, sitk.sitkFloat32)
-    values = sitk.GetArrayViewFromImage(image)
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = 1.0 - finite.mean()
-        raise ScanError(f"{path}: {bad:.0%} of the voxels are NaN or infinite; fix or re-export the scan.")
-    if values.min() == values.max():
-        raise ScanError(f"{path}: every voxel has the value {values.min():g}; the scan is empty.")
-    return image
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):  # only floats can hold NaN
+        finite = np.isfinite(sitk.GetArrayViewFromImage(image))
+        if not finite.all():
+            bad = 1.0 - finite.mean()
+            raise ScanError(f"{path}: {bad:.0%} of the voxels are NaN or infinite; fix or re-export the scan.")
+    extremes = sitk.MinimumMaximumImageFilter()  # multithreaded, in the stored type
+    extremes.Execute(image)
+    if extremes.GetMinimum() == extremes.GetMaximum():
+        raise ScanError(f"{path}: every voxel has the value {extremes.GetMinimum():g}; the scan is empty.")
+    return sitk.Cast(image, sitk.sitkFloat32)
 
 
 def read_labels(path: str | os.PathLike) -> sitk.Image:
