@@ -66,6 +66,18 @@ def test_run_adds_an_aligned_coloured_layer_with_organ_volumes(viewer, tiny_weig
     assert "on cpu" in widget.status or "on cuda" in widget.status
     assert widget["run"].text == "Run"
 
+    # the volumes follow the user's corrections, undo included
+    def spleen_ml():
+        return layer.features.set_index("index").loc[2, "volume_ml"]
+
+    before = spleen_ml()
+    layer.brush_size = 10
+    layer.paint((15, 50, 60), 2)
+    qtbot.waitUntil(lambda: spleen_ml() > before, timeout=2000)
+    assert spleen_ml() == pytest.approx((layer.data == 2).sum() * voxel_ml, abs=0.05)
+    layer.undo()
+    qtbot.waitUntil(lambda: spleen_ml() == before, timeout=2000)
+
 
 def test_rerun_replaces_only_an_unedited_result(viewer, tiny_weights, qtbot):
     widget = widget_with(viewer, tiny_weights)

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, Table
 from napari.layers import Labels
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QStyledItemDelegate
 
 from ..metrics import OrganScore, dice_scores, mean_dice
 from ..organs import ORGAN_BY_NAME
 from .conventions import CONVENTIONS, OURS, parse_mapping, to_our_ids
+from .edits import EditWatcher
 from .layers import CONVENTION, LABEL_NAMES
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 AUTO = "auto"
 CUSTOM = "custom"
-DEBOUNCE_MS = 300
 _COLUMNS = ("Dice", "pred. ml", "ref. ml")  # volumes of the prediction and the reference
 
 
@@ -37,8 +36,6 @@ class DicePanel(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self._viewer = napari_viewer
-        self._watched: list[Labels] = []
-        self._history: list[tuple[int, int]] = []
         self.scores: list[OrganScore] = []
 
         self._prediction = ComboBox(name="prediction", label="Prediction", choices=self._labels_choices)
@@ -66,10 +63,7 @@ class DicePanel(Container):
             self._export,
         ])
 
-        self._timer = QTimer(self.native)  # dies with the panel: never fires after it is gone
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(DEBOUNCE_MS)
-        self._timer.timeout.connect(self.update_scores)
+        self._edits = EditWatcher(self.update_scores, self.native)
 
         self._mapping.visible = False
         for widget in (self._prediction, self._reference):
@@ -116,37 +110,15 @@ class DicePanel(Container):
         self.schedule_update()
 
     def _watch_layers(self, _value: Any = None) -> None:
-        """Follow paint strokes and data changes of the two chosen layers only."""
-        self._unwatch()
-        self._watched = [w.value for w in (self._prediction, self._reference) if w.value is not None]
-        for layer in self._watched:
-            layer.events.paint.connect(self.schedule_update)
-            layer.events.data.connect(self.schedule_update)
-            layer.events.set_data.connect(self._on_set_data)
-        self._history = self._history_lengths()
+        """Follow the edits of the two chosen layers only."""
+        self._edits.watch([w.value for w in (self._prediction, self._reference) if w.value is not None])
         self.schedule_update()
 
     def _unwatch(self) -> None:
-        for layer in self._watched:
-            layer.events.paint.disconnect(self.schedule_update)
-            layer.events.data.disconnect(self.schedule_update)
-            layer.events.set_data.disconnect(self._on_set_data)
-        self._watched = []
-
-    def _history_lengths(self) -> list[tuple[int, int]]:
-        return [(len(getattr(layer, "_undo_history", ())), len(getattr(layer, "_redo_history", ())))
-                for layer in self._watched]
-
-    def _on_set_data(self, _event: Any = None) -> None:
-        """Undo and redo send no paint event, only `set_data`, which every re-slice sends too:
-        recompute only when an edit history moved."""
-        lengths = self._history_lengths()
-        if lengths != self._history:
-            self._history = lengths
-            self.schedule_update()
+        self._edits.unwatch()
 
     def schedule_update(self, _event: Any = None) -> None:
-        self._timer.start()
+        self._edits.schedule()
 
     def _reference_names(self, layer: Labels) -> dict[int, str]:
         choice = self._convention.value
@@ -161,7 +133,7 @@ class DicePanel(Container):
 
     def update_scores(self) -> None:
         """Recompute the table now; problems go to the panel's message line."""
-        self._timer.stop()
+        self._edits.cancel()
         self.scores = []
         try:
             self.scores = self._compute()

@@ -28,7 +28,8 @@ from ..display_geometry import DisplayGeometry, image_from_layer
 from ..errors import Cancelled, MmsegError
 from ..organs import MODALITIES
 from .conventions import CONVENTIONS, OURS
-from .layers import EDITED, SCAN, alignment_kwargs, labels_kwargs, layer_geometry
+from .edits import EditWatcher
+from .layers import EDITED, SCAN, alignment_kwargs, label_features, labels_kwargs, layer_geometry
 
 if TYPE_CHECKING:
     import napari
@@ -96,6 +97,7 @@ class SegmentationWidget(Container):
         self._relay = _ProgressRelay()
         self._relay.changed.connect(self._on_progress)
         self._closed = False
+        self._volume_watchers: list[EditWatcher] = []  # keep result layers' organ volumes current
         self.native.destroyed.connect(self._on_closed)
 
         self._image = ComboBox(name="scan", label="Scan", choices=self._image_choices)
@@ -281,6 +283,8 @@ class SegmentationWidget(Container):
         self._cancel.set()
         for event in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
             event.disconnect(self._refresh_layers)
+        for watcher in self._volume_watchers:
+            watcher.unwatch()
 
     def _on_progress(self, fraction: float, stage: str) -> None:
         if self._closed:
@@ -330,7 +334,8 @@ class SegmentationWidget(Container):
         edited one is never touched (the new result gets a new name)."""
         array = sitk.GetArrayFromImage(result.labels)
         name = f"{job.scan_name} {result.variant}"
-        kwargs = labels_kwargs(array, job.geometry, name, CONVENTIONS[OURS], OURS, job.scan_path)
+        names = CONVENTIONS[OURS]
+        kwargs = labels_kwargs(array, job.geometry, name, names, OURS, job.scan_path)
         kwargs.update(job.placement)
         kwargs["metadata"][EDITED] = False
         kwargs["metadata"][MODEL] = {
@@ -347,6 +352,11 @@ class SegmentationWidget(Container):
             kwargs["name"] = self._free_name(name)
         layer = self._viewer.add_labels(array, **kwargs)
         layer.events.paint.connect(_mark_edited)
+        spacing = job.geometry.display.spacing
+        volumes = EditWatcher(lambda: setattr(layer, "features", label_features(layer.data, names, spacing)),
+                              self.native)
+        volumes.watch([layer])
+        self._volume_watchers.append(volumes)
         return layer
 
     def _free_name(self, name: str) -> str:
