@@ -428,6 +428,7 @@ def run_training(args: argparse.Namespace) -> dict:
     preset's batch, on 2 prepared CT cases."""
     from monai.losses import DiceCELoss, DiceLoss
 
+    from napari_mmseg.training import train_step
     from napari_mmseg.training_data import PatchSampler, fit_normalization, prepare_case
 
     cfg = PRESETS["light"].training
@@ -453,10 +454,7 @@ def run_training(args: argparse.Namespace) -> dict:
 
     def step(xs: np.ndarray, ys: np.ndarray) -> None:
         x, y = place(torch.from_numpy(xs), device), torch.from_numpy(ys).to(device)
-        loss = loss_fn(model(x, "CT"), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, loss_fn, x, y, "CT", cfg.mixed_precision)  # what `mmseg train` runs
         sync(device)
 
     fixed = sampler.sample(cfg.batch_size)

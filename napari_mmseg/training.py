@@ -59,6 +59,20 @@ def modality_for_step(step: int, modalities: tuple[str, ...]) -> str:
     return ("MR", "CT")[step % 2]
 
 
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+    modality: str, mixed: bool = True,
+) -> torch.Tensor:
+    """One optimisation step on one single-modality batch; returns the loss."""
+    with mixed_precision(x.device, training=True) if mixed else nullcontext():
+        logits = model(x, modality)
+    loss = loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -167,12 +181,7 @@ def train(
         lr = base_lr * (1 - step / run.total_steps) ** 0.9 if cfg.lr_schedule == "poly" else base_lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with mixed_precision(device, training=True) if cfg.mixed_precision else nullcontext():
-            logits = train_model(x, modality)
-        loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(train_model, optimizer, loss_fn, x, y, modality, cfg.mixed_precision)
         step += 1
         if bar is not None:
             bar.update(1)
