@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import PRESETS, VARIANTS
+from .config import DEFAULT_VARIANT, PRESETS, VARIANTS
 from .device import DEVICE_CHOICES
 from .errors import MmsegError, ScanError
 from .organs import ORGANS
@@ -65,7 +65,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     modality = check_modality(args.modality)
     scans = _scan_inputs(args.inputs)
     outs = _output_paths(scans, Path(args.output), args.overwrite)
-    weights = Path(args.weights) if args.weights else bundled_weights(args.variant, modality)
+    weights = Path(args.weights) if args.weights else bundled_weights(args.variant or DEFAULT_VARIANT, modality)
     loaded = load_weights(weights, variant=args.variant, modality=modality)
     options = InferenceOptions(overlap=args.overlap, device=args.device)
     for scan, out in zip(scans, outs, strict=True):
@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or DICOM series folders")
     p.add_argument("-o", "--output", required=True, help="output label file (one input) or folder")
     p.add_argument("--modality", required=True, type=str.upper, choices=("CT", "MR"))
-    p.add_argument("--variant", default="v4", choices=VARIANTS)
+    p.add_argument("--variant", choices=VARIANTS,
+                   help=f"bundled weights to use (default {DEFAULT_VARIANT}); with --weights, checks the file's")
     p.add_argument("--weights", help="a weights file instead of the bundled one")
     p.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")

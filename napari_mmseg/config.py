@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 VARIANTS = ("individual", "joint", "v1", "v2", "v3", "v4", "msbn")
+# The bundled weights to use when nobody says: the best on held-out patients and in the
+# cross-validated study on CT, level with the best on MR (docs/model-card.md, docs/results.md).
+DEFAULT_VARIANT = "individual"
 
 
 @dataclass(frozen=True)

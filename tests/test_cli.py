@@ -126,3 +126,13 @@ def test_modality_mismatch_warns(capsys, tmp_path, mr_scan, tiny_weights):
     code, _, err = run(capsys, "segment", mr_scan, "-o", tmp_path / "o.nii.gz", "--modality", "CT",
                        "--weights", tiny_weights, "-q")
     assert code == 0 and "look like MR, not CT" in err
+
+
+def test_default_variant_is_the_bundled_default(capsys, tmp_path, ct_scan):
+    from napari_mmseg.config import DEFAULT_VARIANT
+
+    out = tmp_path / "labels.nii.gz"
+    code, stdout, err = run(capsys, "segment", ct_scan, "-o", out, "--modality", "CT", "--device", "cpu")
+    assert code == 0, err
+    assert f"({DEFAULT_VARIANT}, CT, cpu" in stdout
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(out))).max() > 0
