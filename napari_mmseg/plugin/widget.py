@@ -23,7 +23,6 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 
-from ..device import release_memory
 from ..display_geometry import DisplayGeometry, image_from_layer
 from ..errors import Cancelled, MmsegError
 from ..organs import MODALITIES
@@ -318,6 +317,8 @@ class SegmentationWidget(Container):
         self._progress.value = 0
 
     def _on_finished(self) -> None:
+        from ..device import release_memory  # torch waits until a run (test_plugin_io)
+
         self._worker = None
         release_memory()  # the viewer stays open: the run's freed blocks go back to the system
         if self._closed:
