@@ -98,7 +98,9 @@ def release_memory() -> None:
 
 
 def _cpu_has_bf16() -> bool:
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    # private probes; older torch builds lack them: then no bfloat16 autocast
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in
+               ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
 def mixed_precision(device: torch.device, training: bool) -> AbstractContextManager:

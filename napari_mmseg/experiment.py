@@ -81,8 +81,8 @@ def _evaluate(weights: Path, cases: list[LabelledCase], device: str, run_dir: Pa
     networks are scored twice: with per-modality BN statistics (how they are used) and with
     the blended statistics a plain shared BN would use (`bn_statistics` tells them apart)."""
     rows = []
+    loaded = load_weights(weights)
     for case in cases:
-        loaded = load_weights(weights, modality=case.modality)
         image, ref = case.load()
         ref_arr = sitk.GetArrayFromImage(ref)
         modes = ("per-modality", "blended") if loaded.meta.variant in DUAL_STREAM else ("shared",)
