@@ -73,11 +73,13 @@ def train_step(
     return loss
 
 
-def _distributed() -> tuple[int, int]:
+def _distributed() -> tuple[int, int, bool]:
+    """Rank, world size, and whether this call started the process group (and so must end it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
+    started = world > 1 and not dist.is_initialized()
+    if started:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+    return (dist.get_rank(), world, started) if world > 1 else (0, 1, False)
 
 
 def validate(
@@ -108,7 +110,7 @@ def train(
     log: LogFn = print,
 ) -> Path:
     """Train, checkpointing to `run.out_dir`; resumes from its checkpoint. Returns the weights."""
-    rank, world = _distributed()
+    rank, world, started = _distributed()
     cfg = run.preset.training
     if run.seed is not None:
         cfg = replace(cfg, seed=run.seed)
@@ -234,6 +236,9 @@ def train(
         log(f"wrote {weights}" + (f"; validation {json.dumps(final)}" if final else ""))
     if world > 1:
         dist.barrier()
+    if started:
+        # Left to interpreter exit, gloo's threads are torn down mid-flight and abort the process.
+        dist.destroy_process_group()
     return weights
 
 

@@ -59,7 +59,8 @@ def prepare_case(case: LabelledCase, spacing_mm: float, patch_size: int) -> Prep
     normalised = norm.kind == "percentile"  # per-volume statistics: apply now, on this crop
     values = norm.apply(raw) if normalised else raw.astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    # Per-process name: ranks of a torchrun job prepare the same cases at the same time.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, values=values, labels=lab.astype(np.uint8), normalised=normalised)
     os.replace(tmp, path)
     return PreparedCase(case.name, case.modality, values, lab.astype(np.uint8), normalised)
