@@ -10,7 +10,6 @@ patient's right. One resample does both the reorientation and the change of spac
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -133,6 +132,39 @@ def _native_to_grid_index(native: sitk.Image, grid: sitk.Image) -> tuple[np.ndar
 MIXED = 255  # marks a cell whose corners hold more than one label
 
 
+def _interpolate(channels: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """Trilinear values of (C, z, y, x) `channels` at continuous (x, y, z) indices, clamped
+    at the edges; (C, N). torch's grid_sample: all channels in one threaded pass, twice as
+    fast as scipy's map_coordinates on the organ borders of a full-size scan."""
+    import torch
+
+    size = np.asarray(channels.shape[:0:-1], np.float32)  # x, y, z
+    scale = np.where(size > 1, 2 / np.maximum(size - 1, 1), 0).astype(np.float32)
+    where = np.ascontiguousarray((xyz.T * scale - (size > 1)).astype(np.float32))  # to -1 .. 1
+    with torch.inference_mode():
+        out = torch.nn.functional.grid_sample(
+            torch.from_numpy(np.ascontiguousarray(channels, np.float32))[None],
+            torch.from_numpy(where)[None, None, None],
+            mode="bilinear", padding_mode="border", align_corners=True,
+        )
+    return out[0, :, 0, 0].numpy()
+
+
+def _native_region(cells: np.ndarray, grid_to_native: np.ndarray, offset: np.ndarray,
+                   native_size: tuple[int, ...]) -> tuple[slice, ...]:
+    """The (z, y, x) box of native voxels that can fall in a cell that is not background
+    (every native voxel lies inside the cell grid: the canonical grid covers the scan)."""
+    nonzero = [np.flatnonzero(cells.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(n.size == 0 for n in nonzero):
+        return tuple(slice(0, 0) for _ in range(3))
+    lo_hi = [(n[0] - 1.0, float(n[-1])) for n in nonzero]  # cell j spans grid indices j - 1 .. j
+    corners = np.array([[x, y, z] for z in lo_hi[0] for y in lo_hi[1] for x in lo_hi[2]]).T
+    xyz = grid_to_native @ corners + offset[:, None]
+    start = np.clip(np.floor(xyz.min(axis=1)) - 1, 0, native_size).astype(int)
+    stop = np.clip(np.ceil(xyz.max(axis=1)) + 2, 0, native_size).astype(int)
+    return tuple(slice(int(a), int(b)) for a, b in zip(start[::-1], stop[::-1], strict=True))
+
+
 def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Image) -> sitk.Image:
     """Labels on the scan's own grid from class probabilities on the canonical grid.
 
@@ -142,35 +174,41 @@ def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Im
     "cell"); when they share one argmax, so does any convex mix of them. So one
     nearest-neighbour resampling of the cells (their common label, or MIXED) labels the scan,
     and probabilities are interpolated only for voxels in mixed cells: the organ borders,
-    a few percent of a 512×512×300 scan.
+    a few percent of a 512×512×300 scan. Only the box of the scan around cells that are not
+    background is resampled; the rest is background without being looked at.
     """
-    from scipy import ndimage
-
     coarse = np.pad(probs.argmax(axis=0).astype(np.uint8), 1, mode="edge")  # edge cells clamp
     corners = [coarse[z : z + coarse.shape[0] - 1, y : y + coarse.shape[1] - 1, x : x + coarse.shape[2] - 1]
                for z in (0, 1) for y in (0, 1) for x in (0, 1)]
     cells = corners[0].copy()
     for c in corners[1:]:
         cells[c != corners[0]] = MIXED
-    cell_grid = sitk.GetImageFromArray(cells)
-    cell_grid.SetSpacing(grid.GetSpacing())
-    cell_grid.SetDirection(grid.GetDirection())
-    cell_grid.SetOrigin(grid.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5)))
-    labels = sitk.GetArrayFromImage(
-        sitk.Resample(cell_grid, native, sitk.Transform(), sitk.sitkNearestNeighbor, MIXED)
-    )
-    band = np.nonzero(labels == MIXED)  # z, y, x indices of the native voxels to interpolate
-    if band[0].size:
-        matrix, offset = _native_to_grid_index(native, grid)
-        xyz = matrix @ np.stack(band[::-1]).astype(np.float32) + offset[:, None]
-        zyx = xyz[::-1]
-        with ThreadPoolExecutor(probs.shape[0] - 1) as pool:  # one channel each; scipy releases the GIL
-            organ = np.stack(list(pool.map(
-                lambda k: ndimage.map_coordinates(probs[k], zyx, order=1, mode="nearest"), range(1, probs.shape[0])
-            )))
-        # background is what the organs leave (interpolation keeps sums); it wins ties
-        best = organ.argmax(axis=0)
-        labels[band] = np.where(1.0 - organ.sum(axis=0) >= organ.max(axis=0), 0, best + 1)
+    matrix, offset = _native_to_grid_index(native, grid)
+    inverse = np.linalg.inv(matrix)
+    region = _native_region(cells, inverse, -inverse @ offset, native.GetSize())
+    labels = np.zeros(tuple(reversed(native.GetSize())), np.uint8)
+    if all(r.stop > r.start for r in region):
+        cell_grid = sitk.GetImageFromArray(cells)
+        cell_grid.SetSpacing(grid.GetSpacing())
+        cell_grid.SetDirection(grid.GetDirection())
+        cell_grid.SetOrigin(grid.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5)))
+        start_xyz = [int(r.start) for r in reversed(region)]
+        reference = sitk.Image([int(r.stop - r.start) for r in reversed(region)], sitk.sitkUInt8)
+        reference.SetSpacing(native.GetSpacing())
+        reference.SetDirection(native.GetDirection())
+        reference.SetOrigin(native.TransformIndexToPhysicalPoint(start_xyz))
+        box = sitk.GetArrayFromImage(
+            sitk.Resample(cell_grid, reference, sitk.Transform(), sitk.sitkNearestNeighbor, MIXED)
+        )
+        band = np.flatnonzero(box == MIXED)  # the native voxels to interpolate
+        if band.size:
+            zyx_in_box = np.unravel_index(band, box.shape)
+            xyz = np.stack([zyx_in_box[2 - a].astype(np.float32) + start_xyz[a] for a in range(3)])
+            organ = _interpolate(probs[1:], matrix.astype(np.float32) @ xyz + offset.astype(np.float32)[:, None])
+            # background is what the organs leave (interpolation keeps sums); it wins ties
+            best = organ.argmax(axis=0)
+            box.ravel()[band] = np.where(1.0 - organ.sum(axis=0) >= organ.max(axis=0), 0, best + 1)
+        labels[region] = box
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(native)
     return out

@@ -83,20 +83,41 @@ def _interpolate_everywhere(probs, grid, native):
     return np.argmax(np.stack(channels), axis=0)
 
 
-def test_labels_back_on_the_scan_equal_interpolating_every_voxel():
-    """Interpolating only in cells whose corners disagree must give the plain result."""
+OBLIQUE = (0.985, -0.174, 0.0, 0.0, 0.0, 1.0, -0.174, -0.985, 0.0)  # 10° about one axis, y and z swapped
+
+
+@pytest.mark.parametrize(
+    "direction, organs",
+    [
+        ((-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0), "everywhere"),  # flipped, y and z swapped
+        ((-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0), "inside"),
+        ((-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0), "at one edge"),
+        (OBLIQUE, "inside"),
+        (OBLIQUE, "at one edge"),
+    ],
+)
+def test_labels_back_on_the_scan_equal_interpolating_every_voxel(direction, organs):
+    """Interpolating only in cells whose corners disagree, and only in the part of the scan
+    around organs, must give the plain result."""
     rng = np.random.default_rng(1)
     native = sitk.Image([70, 60, 24], sitk.sitkUInt8)
     native.SetSpacing((0.8, 0.9, 2.5))
-    native.SetDirection((-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))  # flipped, y and z swapped
+    native.SetDirection(direction)
     native.SetOrigin((30.0, -12.0, 40.0))
     grid = canonical_grid(native, 3.0)
     shape = tuple(reversed(grid.GetSize()))
     # smooth random class scores: blobs of every organ with borders in all directions
     logits = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), 1.5) * 8 for _ in range(5)])
-    probs = np.exp(logits) / np.exp(logits).sum(axis=0)
+    if organs != "everywhere":  # background beyond a box (as outside the body), or up to one edge
+        keep = np.zeros(shape, bool)
+        z0 = 0 if organs == "at one edge" else 2
+        keep[z0 : shape[0] - 2, 3 : shape[1] - 3, 3 : shape[2] - 4] = True
+        logits[0][~keep] = 50.0
+    probs = np.exp(logits - logits.max(axis=0)) / np.exp(logits - logits.max(axis=0)).sum(axis=0)
     probs = probs.astype(np.float32)
     ours = sitk.GetArrayFromImage(probabilities_to_native(probs, grid, native))
     plain = _interpolate_everywhere(probs, grid, native)
     assert set(np.unique(ours)) == {0, 1, 2, 3, 4}
+    if organs != "everywhere":
+        assert (plain == 0).mean() > 0.3, "the test needs background around the organs"
     assert np.count_nonzero(ours != plain) == 0
