@@ -115,6 +115,11 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         raise ScanError(f"{p} is an empty file.")
     _check_nifti_complete(p)
     try:
+        if path_suffix(p) == ".nii.gz" and p.with_name(strip_suffix(p) + ".nii").exists():
+            # nifticlib opens `x.nii` instead of the `x.nii.gz` asked for when both exist
+            with tempfile.TemporaryDirectory() as alone:
+                (Path(alone) / p.name).symlink_to(p.resolve())
+                return sitk.ReadImage(str(Path(alone) / p.name))
         return sitk.ReadImage(str(p))
     except RuntimeError:
         raise ScanError(

@@ -152,3 +152,11 @@ def test_read_labels_rejects_fractions(tmp_path):
     path = write(tmp_path, "frac.nii.gz", np.full((4, 5, 6), 0.5, np.float32))
     with pytest.raises(ScanError, match="non-integer"):
         read_labels(path)
+
+
+def test_nii_gz_is_read_even_beside_an_uncompressed_twin(tmp_path):
+    """SimpleITK (nifticlib) silently opens `x.nii` when asked for `x.nii.gz` and both exist."""
+    write(tmp_path, "scan.nii", np.arange(120, dtype=np.int16).reshape(4, 5, 6))
+    write(tmp_path, "scan.nii.gz", -np.arange(120, dtype=np.int16).reshape(4, 5, 6))
+    assert sitk.GetArrayViewFromImage(read_scan(tmp_path / "scan.nii.gz")).min() == -119
+    assert sitk.GetArrayViewFromImage(read_scan(tmp_path / "scan.nii")).max() == 119
