@@ -7,6 +7,7 @@ import os
 import platform
 from contextlib import AbstractContextManager, nullcontext
 
+import numpy as np
 import torch
 
 from .errors import DeviceError
@@ -64,6 +65,17 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _KEEP_BLOCKS_UP_TO = 1 << 30
 
 
+def _numpy_without_hugepage_advice() -> None:
+    """numpy asks the kernel for transparent huge pages on every large array; where the kernel
+    answers such requests by compacting memory on the spot (THP defrag "madvise", a common
+    default), first touching a fresh 40 MB array took 0.1-0.2 s instead of 0.01 s. Labels
+    back to a 512×512×300 scan: 1.0 → 0.65 s. Same as NUMPY_MADVISE_HUGEPAGE=0 at import."""
+    core = getattr(np, "_core", None) or getattr(np, "core", None)
+    switch = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
+    if switch is not None:
+        switch(False)
+
+
 def _glibc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
@@ -74,8 +86,9 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def tune_cpu() -> None:
-    """Let torch use every core this process may run on (containers often limit them), and
-    let glibc reuse large blocks instead of mapping them anew."""
+    """Let torch use every core this process may run on (containers often limit them), let
+    glibc reuse large blocks instead of mapping them anew, and keep numpy's large arrays off
+    on-the-spot memory compaction."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -86,6 +99,7 @@ def tune_cpu() -> None:
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BLOCKS_UP_TO)
         libc.mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP_BLOCKS_UP_TO)
+    _numpy_without_hugepage_advice()
 
 
 def release_memory() -> None:
