@@ -165,6 +165,33 @@ def _native_region(cells: np.ndarray, grid_to_native: np.ndarray, offset: np.nda
     return tuple(slice(int(a), int(b)) for a, b in zip(start[::-1], stop[::-1], strict=True))
 
 
+def _cell_labels(probs: np.ndarray) -> np.ndarray:
+    """For each cell between eight neighbouring grid voxels (one more per axis than voxels;
+    the edge ones clamp), the argmax its corners share, or MIXED."""
+    coarse = np.pad(probs.argmax(axis=0).astype(np.uint8), 1, mode="edge")
+    corners = [coarse[z : z + coarse.shape[0] - 1, y : y + coarse.shape[1] - 1, x : x + coarse.shape[2] - 1]
+               for z in (0, 1) for y in (0, 1) for x in (0, 1)]
+    cells = corners[0].copy()
+    for c in corners[1:]:
+        cells[c != corners[0]] = MIXED
+    return cells
+
+
+def _cells_on_native(cells: np.ndarray, grid: sitk.Image, native: sitk.Image, region: tuple[slice, ...]) -> np.ndarray:
+    """Nearest-neighbour resampling of the cell labels onto the `region` of the scan."""
+    cell_grid = sitk.GetImageFromArray(cells)
+    cell_grid.SetSpacing(grid.GetSpacing())
+    cell_grid.SetDirection(grid.GetDirection())
+    cell_grid.SetOrigin(grid.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5)))
+    reference = sitk.Image([int(r.stop - r.start) for r in reversed(region)], sitk.sitkUInt8)
+    reference.SetSpacing(native.GetSpacing())
+    reference.SetDirection(native.GetDirection())
+    reference.SetOrigin(native.TransformIndexToPhysicalPoint([int(r.start) for r in reversed(region)]))
+    return sitk.GetArrayFromImage(
+        sitk.Resample(cell_grid, reference, sitk.Transform(), sitk.sitkNearestNeighbor, MIXED)
+    )
+
+
 def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Image) -> sitk.Image:
     """Labels on the scan's own grid from class probabilities on the canonical grid.
 
@@ -177,33 +204,17 @@ def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Im
     a few percent of a 512×512×300 scan. Only the box of the scan around cells that are not
     background is resampled; the rest is background without being looked at.
     """
-    coarse = np.pad(probs.argmax(axis=0).astype(np.uint8), 1, mode="edge")  # edge cells clamp
-    corners = [coarse[z : z + coarse.shape[0] - 1, y : y + coarse.shape[1] - 1, x : x + coarse.shape[2] - 1]
-               for z in (0, 1) for y in (0, 1) for x in (0, 1)]
-    cells = corners[0].copy()
-    for c in corners[1:]:
-        cells[c != corners[0]] = MIXED
+    cells = _cell_labels(probs)
     matrix, offset = _native_to_grid_index(native, grid)
     inverse = np.linalg.inv(matrix)
     region = _native_region(cells, inverse, -inverse @ offset, native.GetSize())
     labels = np.zeros(tuple(reversed(native.GetSize())), np.uint8)
     if all(r.stop > r.start for r in region):
-        cell_grid = sitk.GetImageFromArray(cells)
-        cell_grid.SetSpacing(grid.GetSpacing())
-        cell_grid.SetDirection(grid.GetDirection())
-        cell_grid.SetOrigin(grid.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5)))
-        start_xyz = [int(r.start) for r in reversed(region)]
-        reference = sitk.Image([int(r.stop - r.start) for r in reversed(region)], sitk.sitkUInt8)
-        reference.SetSpacing(native.GetSpacing())
-        reference.SetDirection(native.GetDirection())
-        reference.SetOrigin(native.TransformIndexToPhysicalPoint(start_xyz))
-        box = sitk.GetArrayFromImage(
-            sitk.Resample(cell_grid, reference, sitk.Transform(), sitk.sitkNearestNeighbor, MIXED)
-        )
+        box = _cells_on_native(cells, grid, native, region)
         band = np.flatnonzero(box == MIXED)  # the native voxels to interpolate
         if band.size:
             zyx_in_box = np.unravel_index(band, box.shape)
-            xyz = np.stack([zyx_in_box[2 - a].astype(np.float32) + start_xyz[a] for a in range(3)])
+            xyz = np.stack([zyx_in_box[2 - a].astype(np.float32) + region[2 - a].start for a in range(3)])
             organ = _interpolate(probs[1:], matrix.astype(np.float32) @ xyz + offset.astype(np.float32)[:, None])
             # background is what the organs leave (interpolation keeps sums); it wins ties
             best = organ.argmax(axis=0)
