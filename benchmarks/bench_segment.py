@@ -43,18 +43,22 @@ from napari_mmseg.errors import DeviceError, WeightsError
 from napari_mmseg.inference import InferenceOptions, segment_image
 from napari_mmseg.metrics import dice_scores, mean_dice
 from napari_mmseg.networks import MultiModalFCN
+from napari_mmseg.organs import ORGANS
 from napari_mmseg.preprocessing import probabilities_to_native, to_canonical
 from napari_mmseg.scan_io import read_scan, write_labels
 from napari_mmseg.weights import LoadedModel, ModelMetadata, build_model, bundled_weights, load_weights
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-WORKLOADS = ("ts-ct", "ts-mr", "btcv", "chaos", "synthetic")
+WORKLOADS = ("ts-ct", "ts-mr", "btcv", "chaos", "synthetic", "full-size")
 METHODS = ("ours", "monai", "tiles")
 STAGES = ("read", "resample", "normalise", "network", "stitching", "resample_back", "write")
 # TotalSegmentator's ids for our four organs (its other ids are other structures).
 TS_LABELS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5}
 SYNTHETIC_SIZE = (512, 512, 300)  # x, y, z voxels
 SYNTHETIC_SPACING = (0.8, 0.8, 1.5)  # mm
+# Scans this script writes: a phantom, and the largest BTCV CT resampled to clinical size.
+GENERATED = {"synthetic": "synthetic_ct.nii.gz", "full-size": "full_size_ct.nii.gz"}
+FULL_SIZE_LABELS = "full_size_labels.nii.gz"
 
 SegmentFn = Callable[[sitk.Image, LoadedModel, str, torch.device, InferenceOptions], tuple[sitk.Image, dict]]
 
@@ -178,23 +182,34 @@ def _nnunet_cases(folder: Path, modality: str) -> list[LabelledCase]:
     return load_nnunet_dataset(folder, modality)
 
 
-def resolve_workload(name: str, data: Path, synthetic: Path | None) -> Workload:
-    """The scan and reference a workload name stands for; raises Skip when they are absent."""
+def _largest_btcv(data: Path) -> LabelledCase:
+    return max(_nnunet_cases(data / "abdomen-ct-btcv", "CT"), key=lambda c: _voxels(c.image))
+
+
+def resolve_workload(name: str, data: Path, scratch: Path | None) -> Workload:
+    """The scan and reference a workload name stands for; raises Skip when they are absent.
+    `scratch` holds the scans this script generates (`make_generated`)."""
     if name == "ts-ct":
         return _ts_workload(data, name, "example_ct_sm.nii.gz", "example_seg.nii.gz", "CT")
     if name == "ts-mr":
         return _ts_workload(data, name, "example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "MR")
     if name == "btcv":
-        case = max(_nnunet_cases(data / "abdomen-ct-btcv", "CT"), key=lambda c: _voxels(c.image))
+        case = _largest_btcv(data)
         return Workload(f"btcv ({case.name})", "CT", case.image, case)
     if name == "chaos":
         cases = _nnunet_cases(data / "abdomen-mr-chaos-t2", "MR")
         case = next((c for c in cases if c.name == "chaos_02"), cases[0])
         return Workload(f"chaos ({case.name})", "MR", case.image, case)
-    if name == "synthetic":
-        if synthetic is None or not synthetic.is_file():
-            raise Skip("synthetic scan not written")
-        return Workload("synthetic", "CT", synthetic, None)
+    if name in GENERATED:
+        scan = scratch / GENERATED[name] if scratch is not None else None
+        if scan is None or not scan.is_file():
+            raise Skip(f"{name} scan not written")
+        if name == "synthetic":
+            return Workload("synthetic", "CT", scan, None)
+        source = _largest_btcv(data)
+        labels = scratch / FULL_SIZE_LABELS
+        return Workload(f"full-size ({source.name})", "CT", scan,
+                        LabelledCase(name, "CT", scan, labels, {o.label: o.label for o in ORGANS}))
     raise ValueError(f"unknown workload {name!r}")
 
 
@@ -225,6 +240,50 @@ def make_synthetic(path: Path, size: tuple[int, int, int], spacing: tuple[float,
     image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
     image.SetOrigin((nx * spacing[0] / 2, ny * spacing[1] / 2, -nz * spacing[2] / 2))
     sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def make_full_size(source: LabelledCase, scan_path: Path, labels_path: Path, size: tuple[int, int, int],
+                   spacing: tuple[float, float, float]) -> None:
+    """A real CT at clinical resolution: `source` resampled (linear; labels nearest) onto
+    size voxels at spacing, centred on its organs, stored flipped in x and y like the phantom."""
+    image, labels = source.load()
+    centre = np.mean(np.argwhere(sitk.GetArrayViewFromImage(labels) > 0), axis=0)[::-1]  # x, y, z index
+    target = sitk.Image(list(size), sitk.sitkUInt8)
+    target.SetSpacing(spacing)
+    target.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    target.SetOrigin((0.0, 0.0, 0.0))
+    middle = np.asarray(target.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in size]))
+    target.SetOrigin(tuple(np.asarray(image.TransformContinuousIndexToPhysicalPoint(centre.tolist())) - middle))
+    scan = sitk.Resample(image, target, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+    sitk.WriteImage(scan, str(scan_path), useCompression=True)
+    organs = sitk.Resample(labels, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    sitk.WriteImage(organs, str(labels_path), useCompression=True)
+
+
+def make_generated(names: list[str], data: Path, scratch: Path, size: tuple[int, int, int]) -> list[str]:
+    """Write the generated scans the selected workloads need; notes on what could not be."""
+    notes = []
+    for name in names:
+        t = time.perf_counter()
+        if name == "synthetic":
+            make_synthetic(scratch / GENERATED[name], size, SYNTHETIC_SPACING)
+        elif name == "full-size":
+            try:
+                source = _largest_btcv(data)
+            except Skip as e:
+                notes.append(f"skipped full-size: {e}")
+                continue
+            make_full_size(source, scratch / GENERATED[name], scratch / FULL_SIZE_LABELS, size, SYNTHETIC_SPACING)
+        else:
+            continue
+        print(f"(wrote the {name} scan {'×'.join(map(str, size))} in {time.perf_counter() - t:.0f} s)",
+              file=sys.stderr)
+    # Flushed and read once, so that the first child does not pay for the write-back and the
+    # page cache (it read the full-size scan 2.5x slower than the next children otherwise).
+    os.sync()
+    for path in scratch.iterdir():
+        path.read_bytes()
+    return notes
 
 
 # ---------------------------------------------------------------------------- the three methods
@@ -368,7 +427,7 @@ def peak_rss_mb() -> float:
 def run_segment(args: argparse.Namespace) -> dict:
     """Child: read, segment with one method, write; times, peak memory, windows and Dice."""
     device = resolve_device(args.device)
-    workload = resolve_workload(args.one, args.data, args.synthetic)
+    workload = resolve_workload(args.one, args.data, args.scratch)
     loaded = load_weights(args.weights)
     options = InferenceOptions(overlap=args.overlap, device=str(device), windows_per_batch=args.windows_per_batch)
     warm_up(loaded, workload.modality, device, options)
@@ -491,7 +550,7 @@ def child_main(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parent: run and report
 
 
-def run_child(args: argparse.Namespace, weights: Path, one: str, method: str | None, synthetic: Path | None) -> dict:
+def run_child(args: argparse.Namespace, weights: Path, one: str, method: str | None, scratch: Path | None) -> dict:
     """Re-invoke this script for one measurement in a fresh process; its result as a dict."""
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "result.json"
@@ -503,8 +562,8 @@ def run_child(args: argparse.Namespace, weights: Path, one: str, method: str | N
         ]
         if method is not None:
             cmd += ["--method", method]
-        if synthetic is not None:
-            cmd += ["--synthetic", str(synthetic)]
+        if scratch is not None:
+            cmd += ["--scratch", str(scratch)]
         if args.quick:
             cmd.append("--quick")
         rc = subprocess.run(cmd).returncode
@@ -608,12 +667,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--windows-per-batch", type=int, default=defaults.windows_per_batch)
     p.add_argument("--threads", type=int, help="use only the first N cores (default: every core this process may use)")
     p.add_argument("--synthetic-size", default=",".join(map(str, SYNTHETIC_SIZE)),
-                   help="x,y,z voxels of the synthetic scan (default: full clinical size)")
+                   help="x,y,z voxels of the synthetic and full-size scans (default: full clinical size)")
     # The child's interface: one workload (or "training") with one method, result to a file.
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--synthetic", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -649,18 +708,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-segment-") as tmp:
-        synthetic = None
+        scratch = Path(tmp)
         names = selected_workloads(args)
-        if "synthetic" in names:
-            size = tuple(int(v) for v in args.synthetic_size.split(","))
-            synthetic = Path(tmp) / "synthetic_ct.nii.gz"
-            t = time.perf_counter()
-            make_synthetic(synthetic, size, SYNTHETIC_SPACING)
-            print(f"(wrote the synthetic scan {'×'.join(map(str, size))} in {time.perf_counter() - t:.0f} s)",
-                  file=sys.stderr)
+        notes += make_generated(names, args.data, scratch, tuple(int(v) for v in args.synthetic_size.split(",")))
         for name in names:
             try:
-                workload = resolve_workload(name, args.data, synthetic)
+                workload = resolve_workload(name, args.data, scratch)
             except Skip as e:
                 notes.append(f"skipped {name}: {e}")
                 print(f"skipped {name}: {e}", file=sys.stderr)
@@ -670,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for method in METHODS:
                 print(f"... {workload.name}: {method}", file=sys.stderr, flush=True)
-                row = run_child(args, weights, name, method, synthetic)
+                row = run_child(args, weights, name, method, scratch)
                 if "timings" not in row:
                     notes.append(f"{workload.name} {method}: {row.get('skipped') or row.get('failed')}")
                     continue
