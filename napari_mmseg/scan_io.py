@@ -7,6 +7,7 @@ direction, atomically (temporary file, then rename), and never over the scan its
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -118,7 +119,10 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         if path_suffix(p) == ".nii.gz" and p.with_name(strip_suffix(p) + ".nii").exists():
             # nifticlib opens `x.nii` instead of the `x.nii.gz` asked for when both exist
             with tempfile.TemporaryDirectory() as alone:
-                (Path(alone) / p.name).symlink_to(p.resolve())
+                try:
+                    (Path(alone) / p.name).symlink_to(p.resolve())
+                except OSError:  # no symlinks here (e.g. Windows without the privilege)
+                    shutil.copyfile(p, Path(alone) / p.name)
                 return sitk.ReadImage(str(Path(alone) / p.name))
         return sitk.ReadImage(str(p))
     except RuntimeError:
