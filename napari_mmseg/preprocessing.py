@@ -122,11 +122,11 @@ def to_canonical(image: sitk.Image, spacing_mm: float, is_label: bool = False) -
     )
 
 
-def _native_to_grid_index(native: sitk.Image, grid: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Matrix and offset taking a native (x, y, z) index to a continuous (x, y, z) index of `grid`."""
-    to_phys = np.reshape(native.GetDirection(), (3, 3)) * np.asarray(native.GetSpacing())
-    from_phys = np.linalg.inv(np.reshape(grid.GetDirection(), (3, 3)) * np.asarray(grid.GetSpacing()))
-    return from_phys @ to_phys, from_phys @ (np.asarray(native.GetOrigin()) - np.asarray(grid.GetOrigin()))
+def _index_map(source: sitk.Image, target: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Matrix and offset taking a (x, y, z) index of `source` to a continuous (x, y, z) index of `target`."""
+    to_phys = np.reshape(source.GetDirection(), (3, 3)) * np.asarray(source.GetSpacing())
+    from_phys = np.linalg.inv(np.reshape(target.GetDirection(), (3, 3)) * np.asarray(target.GetSpacing()))
+    return from_phys @ to_phys, from_phys @ (np.asarray(source.GetOrigin()) - np.asarray(target.GetOrigin()))
 
 
 MIXED = 255  # marks a cell whose corners hold more than one label
@@ -205,9 +205,7 @@ def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Im
     background is resampled; the rest is background without being looked at.
     """
     cells = _cell_labels(probs)
-    matrix, offset = _native_to_grid_index(native, grid)
-    inverse = np.linalg.inv(matrix)
-    region = _native_region(cells, inverse, -inverse @ offset, native.GetSize())
+    region = _native_region(cells, *_index_map(grid, native), native.GetSize())
     labels = np.zeros(tuple(reversed(native.GetSize())), np.uint8)
     if all(r.stop > r.start for r in region):
         box = _cells_on_native(cells, grid, native, region)
@@ -215,7 +213,8 @@ def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Im
         if band.size:
             zyx_in_box = np.unravel_index(band, box.shape)
             xyz = np.stack([zyx_in_box[2 - a].astype(np.float32) + region[2 - a].start for a in range(3)])
-            organ = _interpolate(probs[1:], matrix.astype(np.float32) @ xyz + offset.astype(np.float32)[:, None])
+            matrix, offset = (a.astype(np.float32) for a in _index_map(native, grid))
+            organ = _interpolate(probs[1:], matrix @ xyz + offset[:, None])
             # background is what the organs leave (interpolation keeps sums); it wins ties
             best = organ.argmax(axis=0)
             box.ravel()[band] = np.where(1.0 - organ.sum(axis=0) >= organ.max(axis=0), 0, best + 1)
