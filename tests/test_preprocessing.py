@@ -113,8 +113,8 @@ def test_labels_back_on_the_scan_equal_interpolating_every_voxel(direction, orga
         z0 = 0 if organs == "at one edge" else 2
         keep[z0 : shape[0] - 2, 3 : shape[1] - 3, 3 : shape[2] - 4] = True
         logits[0][~keep] = 50.0
-    probs = np.exp(logits - logits.max(axis=0)) / np.exp(logits - logits.max(axis=0)).sum(axis=0)
-    probs = probs.astype(np.float32)
+    scores = np.exp(logits - logits.max(axis=0))
+    probs = (scores / scores.sum(axis=0)).astype(np.float32)
     ours = sitk.GetArrayFromImage(probabilities_to_native(probs, grid, native))
     plain = _interpolate_everywhere(probs, grid, native)
     assert set(np.unique(ours)) == {0, 1, 2, 3, 4}
