@@ -18,6 +18,10 @@ from .errors import ScanError
 
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# Voxel types a scan keeps; any other is converted to float32. A CT stays int16: half the
+# memory of float32, and no conversion pass (0.2-0.8 s for 512×512×300 in a fresh process
+# here, mostly page faults on the new 315 MB).
+SCAN_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16), np.dtype(np.float32))
 
 
 def path_suffix(path: str | os.PathLike) -> str:
@@ -152,8 +156,14 @@ def check_volume(image: sitk.Image, what: str = "scan") -> None:
         )
 
 
+def segmentable(values: np.ndarray) -> np.ndarray:
+    """`values` as they are when of a `SCAN_DTYPES` type, else as float32."""
+    return values if values.dtype in SCAN_DTYPES else values.astype(np.float32)
+
+
 def read_scan(path: str | os.PathLike) -> sitk.Image:
-    """A 3-D grey-value scan as float32, geometry kept; rejects what cannot be segmented."""
+    """A 3-D grey-value scan (8/16-bit integers or float32, as stored; other types become
+    float32), geometry kept; rejects what cannot be segmented."""
     return as_scan(read_image(path), path)
 
 
@@ -169,6 +179,8 @@ def as_scan(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
     extremes.Execute(image)
     if extremes.GetMinimum() == extremes.GetMaximum():
         raise ScanError(f"{path}: every voxel has the value {extremes.GetMinimum():g}; the scan is empty.")
+    if sitk.GetArrayViewFromImage(image).dtype in SCAN_DTYPES:
+        return image
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
@@ -198,6 +210,12 @@ def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
         and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
         and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
     )
+
+
+def _same_information(a: sitk.Image, b: sitk.Image) -> bool:
+    """Exactly the same grid, to the last bit (`same_geometry` allows for rounding)."""
+    return (a.GetSize(), a.GetSpacing(), a.GetOrigin(), a.GetDirection()) == (
+        b.GetSize(), b.GetSpacing(), b.GetOrigin(), b.GetDirection())
 
 
 def labels_to_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -231,8 +249,11 @@ def write_labels(
     else:
         if labels.GetSize() != reference.GetSize():
             raise ScanError(f"Labels of size {labels.GetSize()} do not fit a scan of size {reference.GetSize()}.")
-        image = sitk.Cast(labels, sitk.sitkUInt8)
-        image.CopyInformation(reference)
+        if labels.GetPixelID() == sitk.sitkUInt8 and _same_information(labels, reference):
+            image = labels  # as `segment_image` returns them: no 78 MB copy at 512×512×300
+        else:
+            image = sitk.Cast(labels, sitk.sitkUInt8)
+            image.CopyInformation(reference)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{strip_suffix(out)}.", suffix=suffix, dir=out.parent)
     os.close(fd)

@@ -23,7 +23,7 @@ from napari_mmseg.datasets import (
 )
 from napari_mmseg.errors import ScanError
 from napari_mmseg.organs import ORGAN_BY_NAME
-from napari_mmseg.scan_io import same_geometry
+from napari_mmseg.scan_io import SCAN_DTYPES, same_geometry
 
 SHAPE = (6, 24, 20)  # z, y, x
 SPACING = (1.5, 1.25, 4.0)  # x, y, z in mm
@@ -66,7 +66,7 @@ def write_nifti(values: np.ndarray, path: Path) -> None:
 
 
 def check_loaded(image: sitk.Image, labels: sitk.Image, ours: np.ndarray) -> None:
-    assert image.GetPixelID() == sitk.sitkFloat32
+    assert sitk.GetArrayViewFromImage(image).dtype in SCAN_DTYPES
     assert labels.GetPixelID() == sitk.sitkUInt8
     assert same_geometry(image, labels)
     assert np.allclose(image.GetSpacing(), SPACING) and np.allclose(image.GetOrigin(), ORIGIN)
@@ -172,7 +172,7 @@ def write_chaos_patient(patient: Path, seed: int = 0) -> np.ndarray:
 
 
 def check_chaos(image: sitk.Image, labels: sitk.Image, ours: np.ndarray) -> None:
-    assert image.GetPixelID() == sitk.sitkFloat32 and labels.GetPixelID() == sitk.sitkUInt8
+    assert sitk.GetArrayViewFromImage(image).dtype in SCAN_DTYPES and labels.GetPixelID() == sitk.sitkUInt8
     assert same_geometry(image, labels)
     assert np.allclose(image.GetSpacing(), SPACING) and np.allclose(image.GetOrigin(), ORIGIN)
     assert np.allclose(image.GetDirection(), np.eye(3).ravel())

@@ -28,6 +28,20 @@ def test_read_keeps_geometry(tmp_path, suffix):
     assert back.GetPixelID() == sitk.sitkFloat32
 
 
+@pytest.mark.parametrize(
+    ("stored", "kept"),
+    [(np.int16, np.int16), (np.uint8, np.uint8), (np.uint16, np.uint16), (np.float32, np.float32),
+     (np.float64, np.float32), (np.int32, np.float32)],
+)
+def test_scans_keep_small_voxel_types_and_the_rest_become_float32(tmp_path, stored, kept):
+    values = (np.arange(6 * 7 * 8).reshape(6, 7, 8) % 200).astype(stored)
+    img = sitk.GetImageFromArray(values)
+    sitk.WriteImage(img, str(tmp_path / "scan.nii.gz"))
+    back = sitk.GetArrayFromImage(read_scan(tmp_path / "scan.nii.gz"))
+    assert back.dtype == kept
+    np.testing.assert_array_equal(back, values.astype(kept))
+
+
 def test_read_dicom_series_folder(tmp_path):
     img = sitk.Cast(volume() * 100, sitk.sitkInt16)
     img.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -103,17 +117,31 @@ def test_missing_empty_corrupt_and_truncated_files(tmp_path):
         read_scan(tmp_path)
 
 
+def as_image(values: np.ndarray, scan: sitk.Image, pixel: int, nudge: float) -> sitk.Image:
+    image = sitk.Cast(sitk.GetImageFromArray(values), pixel)
+    image.CopyInformation(scan)
+    image.SetOrigin(tuple(o + nudge for o in scan.GetOrigin()))
+    return image
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
-def test_write_labels_has_exactly_the_scans_geometry(tmp_path, suffix):
+@pytest.mark.parametrize(
+    "form",
+    [lambda v, scan: v,  # a numpy array
+     lambda v, scan: as_image(v, scan, sitk.sitkUInt8, 0.0),  # what segment_image returns
+     lambda v, scan: as_image(v, scan, sitk.sitkUInt8, 1e-3),  # nearly the scan's grid
+     lambda v, scan: as_image(v, scan, sitk.sitkUInt16, 0.0)],  # as read_labels returns them
+)
+def test_write_labels_has_exactly_the_scans_geometry(tmp_path, suffix, form):
     scan = volume()
     labels = np.random.default_rng(1).integers(0, 5, size=(6, 7, 8)).astype(np.uint8)
-    out = write_labels(labels, tmp_path / f"labels{suffix}", scan)
+    out = write_labels(form(labels, scan), tmp_path / f"labels{suffix}", scan)
     back = sitk.ReadImage(str(out))
     assert back.GetPixelID() == sitk.sitkUInt8
     assert back.GetSize() == scan.GetSize()
-    assert back.GetSpacing() == pytest.approx(scan.GetSpacing())
-    assert back.GetOrigin() == pytest.approx(scan.GetOrigin())
-    assert back.GetDirection() == pytest.approx(scan.GetDirection())
+    assert back.GetSpacing() == pytest.approx(scan.GetSpacing(), abs=1e-5)
+    assert back.GetOrigin() == pytest.approx(scan.GetOrigin(), abs=1e-5)
+    assert back.GetDirection() == pytest.approx(scan.GetDirection(), abs=1e-5)
     assert np.array_equal(sitk.GetArrayFromImage(back), labels)
     assert [p.name for p in tmp_path.iterdir()] == [out.name], "no temporary file left behind"
 

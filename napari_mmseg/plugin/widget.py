@@ -26,6 +26,7 @@ from qtpy.QtCore import QObject, Signal
 from ..display_geometry import DisplayGeometry, image_from_layer
 from ..errors import Cancelled, MmsegError
 from ..organs import MODALITIES
+from ..scan_io import segmentable
 from .conventions import CONVENTIONS, OURS
 from .edits import EditWatcher
 from .layers import EDITED, SCAN, alignment_kwargs, label_features, labels_kwargs, layer_geometry
@@ -251,7 +252,7 @@ class SegmentationWidget(Container):
         data, state, _ = layer.as_layer_data_tuple()
         geometry = layer_geometry(data, state)
         return Job(
-            image=image_from_layer(np.asarray(data, dtype=np.float32), geometry),
+            image=image_from_layer(segmentable(np.asarray(data)), geometry),
             weights=weights,
             modality=modality,
             options=InferenceOptions(overlap=self._quality.value, device=device),
