@@ -126,7 +126,14 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
                 try:
                     (Path(alone) / p.name).symlink_to(p.resolve())
                 except OSError:  # no symlinks here (e.g. Windows without the privilege)
-                    shutil.copyfile(p, Path(alone) / p.name)
+                    try:
+                        shutil.copyfile(p, Path(alone) / p.name)
+                    except OSError as e:
+                        raise ScanError(
+                            f"Cannot read {p}: {strip_suffix(p)}.nii beside it hides it from the "
+                            f"NIfTI reader, and a private copy failed ({e.strerror}); move one of the two "
+                            "to another folder."
+                        ) from None
                 return sitk.ReadImage(str(Path(alone) / p.name))
         return sitk.ReadImage(str(p))
     except RuntimeError:

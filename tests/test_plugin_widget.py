@@ -78,6 +78,11 @@ def test_run_adds_an_aligned_coloured_layer_with_organ_volumes(viewer, tiny_weig
     layer.undo()
     qtbot.waitUntil(lambda: spleen_ml() == before, timeout=2000)
 
+    # deleting the result layer ends its watcher: none pile up over a long session
+    assert [w.layers for w in widget._volume_watchers] == [(layer,)]
+    viewer.layers.remove(layer)
+    assert widget._volume_watchers == []
+
 
 def test_rerun_replaces_only_an_unedited_result(viewer, tiny_weights, qtbot):
     widget = widget_with(viewer, tiny_weights)

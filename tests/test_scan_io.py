@@ -1,6 +1,8 @@
 """Reading scans, rejecting what cannot be segmented, and writing labels with the scan's geometry."""
 
 import gzip
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +190,17 @@ def test_nii_gz_is_read_even_beside_an_uncompressed_twin(tmp_path):
     write(tmp_path, "scan.nii.gz", -np.arange(120, dtype=np.int16).reshape(4, 5, 6))
     assert sitk.GetArrayViewFromImage(read_scan(tmp_path / "scan.nii.gz")).min() == -119
     assert sitk.GetArrayViewFromImage(read_scan(tmp_path / "scan.nii")).max() == 119
+
+
+def test_twin_that_cannot_be_set_aside_gets_a_clear_message(tmp_path, monkeypatch):
+    write(tmp_path, "scan.nii", np.arange(120, dtype=np.int16).reshape(4, 5, 6))
+    write(tmp_path, "scan.nii.gz", -np.arange(120, dtype=np.int16).reshape(4, 5, 6))
+
+    def refused(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "symlink_to", refused)
+    monkeypatch.setattr(shutil, "copyfile", refused)
+    with pytest.raises(ScanError, match="scan.nii beside it .*No space left on device.*move one"):
+        read_scan(tmp_path / "scan.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii", "scan.nii.gz"]

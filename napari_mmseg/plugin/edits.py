@@ -43,6 +43,16 @@ class EditWatcher:
             layer.events.set_data.disconnect(self._on_set_data)
         self._layers = []
 
+    @property
+    def layers(self) -> tuple[Labels, ...]:
+        return tuple(self._layers)
+
+    def close(self) -> None:
+        """Stop watching for good (e.g. the watched layer was deleted)."""
+        self.unwatch()
+        self._timer.stop()
+        self._timer.deleteLater()
+
     def schedule(self, _event: Any = None) -> None:
         self._timer.start()
 

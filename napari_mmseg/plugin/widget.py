@@ -126,6 +126,7 @@ class SegmentationWidget(Container):
         self._run.changed.connect(self._on_run_clicked)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._refresh_layers)
+        napari_viewer.layers.events.removed.connect(self._forget_removed_layer)
         self._suggest_modality()
         self._on_modality()
 
@@ -144,6 +145,12 @@ class SegmentationWidget(Container):
 
     def _refresh_layers(self, _event: Any = None) -> None:
         self._image.reset_choices()
+
+    def _forget_removed_layer(self, event: Any) -> None:
+        """A deleted result layer needs its volume watcher no more (one per run would pile up)."""
+        for watcher in [w for w in self._volume_watchers if event.value in w.layers]:
+            watcher.close()
+            self._volume_watchers.remove(watcher)
 
     def _variant_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
         from ..weights import available_variants
@@ -283,6 +290,7 @@ class SegmentationWidget(Container):
         self._cancel.set()
         for event in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
             event.disconnect(self._refresh_layers)
+        self._viewer.layers.events.removed.disconnect(self._forget_removed_layer)
         for watcher in self._volume_watchers:
             watcher.unwatch()
 
