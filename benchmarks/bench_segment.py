@@ -59,6 +59,7 @@ SYNTHETIC_SPACING = (0.8, 0.8, 1.5)  # mm
 # Scans this script writes: a phantom, and the largest BTCV CT resampled to clinical size.
 GENERATED = {"synthetic": "synthetic_ct.nii.gz", "full-size": "full_size_ct.nii.gz"}
 FULL_SIZE_LABELS = "full_size_labels.nii.gz"
+FULL_SIZE_SOURCE = "full_size_source.txt"  # which case it was made from, for the table
 
 SegmentFn = Callable[[sitk.Image, LoadedModel, str, torch.device, InferenceOptions], tuple[sitk.Image, dict]]
 
@@ -206,9 +207,9 @@ def resolve_workload(name: str, data: Path, scratch: Path | None) -> Workload:
             raise Skip(f"{name} scan not written")
         if name == "synthetic":
             return Workload("synthetic", "CT", scan, None)
-        source = _largest_btcv(data)
+        source = (scratch / FULL_SIZE_SOURCE).read_text().strip()
         labels = scratch / FULL_SIZE_LABELS
-        return Workload(f"full-size ({source.name})", "CT", scan,
+        return Workload(f"full-size ({source})", "CT", scan,
                         LabelledCase(name, "CT", scan, labels, {o.label: o.label for o in ORGANS}))
     raise ValueError(f"unknown workload {name!r}")
 
@@ -274,6 +275,7 @@ def make_generated(names: list[str], data: Path, scratch: Path, size: tuple[int,
                 notes.append(f"skipped full-size: {e}")
                 continue
             make_full_size(source, scratch / GENERATED[name], scratch / FULL_SIZE_LABELS, size, SYNTHETIC_SPACING)
+            (scratch / FULL_SIZE_SOURCE).write_text(source.name)
         else:
             continue
         print(f"(wrote the {name} scan {'×'.join(map(str, size))} in {time.perf_counter() - t:.0f} s)",
