@@ -169,12 +169,7 @@ def segment_image(
     )
     t = time.perf_counter()
     report(0.95, "resample back")
-    probs = probs_crop
-    if probs_crop.shape[1:] != raw.shape:
-        probs = np.zeros((probs_crop.shape[0], *raw.shape), np.float32)
-        probs[0] = 1.0  # outside the body box: background
-        probs[(slice(None), *box)] = probs_crop
-    native = probabilities_to_native(probs, canonical, image)
+    native = probabilities_to_native(probs_crop, canonical, image, where=box)
     timings["resample_back"] = time.perf_counter() - t
     report(1.0, "done")
     return Segmentation(native, str(device), meta.variant, modality, timings)

@@ -132,20 +132,24 @@ def _index_map(source: sitk.Image, target: sitk.Image) -> tuple[np.ndarray, np.n
 MIXED = 255  # marks a cell whose corners hold more than one label
 
 
-def _interpolate(channels: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    """Trilinear values of (C, z, y, x) `channels` at continuous (x, y, z) indices, clamped
-    at the edges; (C, N). torch's grid_sample: all channels in one threaded pass, twice as
-    fast as scipy's map_coordinates on the organ borders of a full-size scan."""
+def _interpolate(channels: np.ndarray, xyz: np.ndarray, grid_shape: tuple[int, ...],
+                 where: tuple[slice, ...]) -> np.ndarray:
+    """Trilinear values at continuous (x, y, z) indices of a grid of (z, y, x) `grid_shape`,
+    clamped at its edges, where (C, z, y, x) `channels` cover the `where` box of the grid and
+    are zero beyond it; (C, N). torch's grid_sample: all channels in one threaded pass, twice
+    as fast as scipy's map_coordinates on the organ borders of a full-size scan."""
     import torch
 
-    size = np.asarray(channels.shape[:0:-1], np.float32)  # x, y, z
-    scale = np.where(size > 1, 2 / np.maximum(size - 1, 1), 0).astype(np.float32)
-    where = np.ascontiguousarray((xyz.T * scale - (size > 1)).astype(np.float32))  # to -1 .. 1
+    top = np.asarray(grid_shape[::-1], np.float32) - 1  # x, y, z
+    start = np.asarray([where[2 - a].start for a in range(3)], np.float32)
+    size = np.asarray(channels.shape[:0:-1], np.float32)
+    inside = np.clip(xyz.T, 0, top) - start  # clamped to the grid, then into the box
+    normalised = np.ascontiguousarray(((2 * inside + 1) / size - 1).astype(np.float32))
     with torch.inference_mode():
         out = torch.nn.functional.grid_sample(
             torch.from_numpy(np.ascontiguousarray(channels, np.float32))[None],
-            torch.from_numpy(where)[None, None, None],
-            mode="bilinear", padding_mode="border", align_corners=True,
+            torch.from_numpy(normalised)[None, None, None],
+            mode="bilinear", padding_mode="zeros", align_corners=False,
         )
     return out[0, :, 0, 0].numpy()
 
@@ -178,10 +182,10 @@ def _argmax(probs: np.ndarray) -> np.ndarray:
     return best
 
 
-def _cell_labels(probs: np.ndarray) -> np.ndarray:
+def _cell_labels(grid_labels: np.ndarray) -> np.ndarray:
     """For each cell between eight neighbouring grid voxels (one more per axis than voxels;
-    the edge ones clamp), the argmax its corners share, or MIXED."""
-    coarse = np.pad(_argmax(probs), 1, mode="edge")
+    the edge ones clamp), the label its corners share, or MIXED."""
+    coarse = np.pad(grid_labels, 1, mode="edge")
     corners = [coarse[z : z + coarse.shape[0] - 1, y : y + coarse.shape[1] - 1, x : x + coarse.shape[2] - 1]
                for z in (0, 1) for y in (0, 1) for x in (0, 1)]
     cells = corners[0].copy()
@@ -205,8 +209,10 @@ def _cells_on_native(cells: np.ndarray, grid: sitk.Image, native: sitk.Image, re
     )
 
 
-def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Image) -> sitk.Image:
-    """Labels on the scan's own grid from class probabilities on the canonical grid.
+def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Image,
+                            where: tuple[slice, ...] | None = None) -> sitk.Image:
+    """Labels on the scan's own grid from class probabilities on the canonical grid, or on
+    its (z, y, x) box `where` with background beyond it (as outside the body).
 
     The argmax of linearly interpolated probabilities gives smoother, more accurate organ
     borders than nearest-neighbour labels (+0.5 to 1 Dice point on CHAOS MR, measured). A
@@ -217,7 +223,11 @@ def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Im
     a few percent of a 512×512×300 scan. Only the box of the scan around cells that are not
     background is resampled; the rest is background without being looked at.
     """
-    cells = _cell_labels(probs)
+    grid_shape = tuple(reversed(grid.GetSize()))
+    where = where or tuple(slice(0, n) for n in grid_shape)
+    grid_labels = np.zeros(grid_shape, np.uint8)
+    grid_labels[where] = _argmax(probs)
+    cells = _cell_labels(grid_labels)
     region = _native_region(cells, *_index_map(grid, native), native.GetSize())
     labels = np.zeros(tuple(reversed(native.GetSize())), np.uint8)
     if all(r.stop > r.start for r in region):
@@ -227,7 +237,7 @@ def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Im
             zyx_in_box = np.unravel_index(band, box.shape)
             xyz = np.stack([zyx_in_box[2 - a].astype(np.float32) + region[2 - a].start for a in range(3)])
             matrix, offset = (a.astype(np.float32) for a in _index_map(native, grid))
-            organ = _interpolate(probs[1:], matrix @ xyz + offset[:, None])
+            organ = _interpolate(probs[1:], matrix @ xyz + offset[:, None], grid_shape, where)
             # background is what the organs leave (interpolation keeps sums); it wins ties
             best = organ.argmax(axis=0)
             box.ravel()[band] = np.where(1.0 - organ.sum(axis=0) >= organ.max(axis=0), 0, best + 1)

@@ -101,6 +101,7 @@ OBLIQUE = (0.985, -0.174, 0.0, 0.0, 0.0, 1.0, -0.174, -0.985, 0.0)  # 10° about
         ((-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0), "at one edge"),
         (OBLIQUE, "inside"),
         (OBLIQUE, "at one edge"),
+        (OBLIQUE, "at two edges"),
         (OBLIQUE, "nowhere"),
     ],
 )
@@ -116,13 +117,15 @@ def test_labels_back_on_the_scan_equal_interpolating_every_voxel(direction, orga
     shape = tuple(reversed(grid.GetSize()))
     # smooth random class scores: blobs of every organ with borders in all directions
     logits = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), 1.5) * 8 for _ in range(5)])
-    if organs != "everywhere":  # background beyond a box (as outside the body), or up to one edge
-        keep = np.zeros(shape, bool)
-        z0 = 0 if organs == "at one edge" else 2
-        keep[z0 : shape[0] - 2, 3 : shape[1] - 3, 3 : shape[2] - 4] = organs != "nowhere"
-        logits[0][~keep] = 50.0
+    # background beyond a box (as outside the body), the box inside the grid or up to edges
+    box = {"inside": np.s_[2:-2, 3:-3, 3:-4], "at one edge": np.s_[0:-2, 3:-3, 3:-4],
+           "at two edges": np.s_[0:-2, 3:-3, 3:]}.get(organs, np.s_[:, :, :])
     scores = np.exp(logits - logits.max(axis=0))
     probs = (scores / scores.sum(axis=0)).astype(np.float32)
+    if organs != "everywhere":
+        keep = np.zeros(shape, bool)
+        keep[box] = organs != "nowhere"
+        probs[:, ~keep] = np.eye(5, dtype=np.float32)[0][:, None]  # exactly background
     labels = probabilities_to_native(probs, grid, native)
     assert labels.GetPixelID() == sitk.sitkUInt8
     assert (labels.GetSize(), labels.GetSpacing(), labels.GetOrigin(), labels.GetDirection()) == (
@@ -133,3 +136,7 @@ def test_labels_back_on_the_scan_equal_interpolating_every_voxel(direction, orga
     if organs not in ("everywhere", "nowhere"):
         assert (plain == 0).mean() > 0.3, "the test needs background around the organs"
     assert np.count_nonzero(ours != plain) == 0
+    # given only the box of probabilities, as `segment_image` does after its body crop
+    where = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, shape, strict=True))
+    from_box = probabilities_to_native(np.ascontiguousarray(probs[(slice(None), *where)]), grid, native, where)
+    assert np.count_nonzero(sitk.GetArrayFromImage(from_box) != plain) == 0
