@@ -177,16 +177,14 @@ def read_scan(path: str | os.PathLike) -> sitk.Image:
 def as_scan(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
     """`read_scan`'s checks and conversion, for an image already read from `path`."""
     check_volume(image)
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):  # only floats can hold NaN
-        finite = np.isfinite(sitk.GetArrayViewFromImage(image))
-        if not finite.all():
-            bad = 1.0 - finite.mean()
-            raise ScanError(f"{path}: {bad:.0%} of the voxels are NaN or infinite; fix or re-export the scan.")
-    extremes = sitk.MinimumMaximumImageFilter()  # multithreaded, in the stored type
-    extremes.Execute(image)
-    if extremes.GetMinimum() == extremes.GetMaximum():
-        raise ScanError(f"{path}: every voxel has the value {extremes.GetMinimum():g}; the scan is empty.")
-    if sitk.GetArrayViewFromImage(image).dtype in SCAN_DTYPES:
+    values = sitk.GetArrayViewFromImage(image)
+    low, high = values.min(), values.max()  # a NaN or infinity anywhere shows in one of them
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = 1.0 - np.isfinite(values).mean()
+        raise ScanError(f"{path}: {bad:.0%} of the voxels are NaN or infinite; fix or re-export the scan.")
+    if low == high:
+        raise ScanError(f"{path}: every voxel has the value {low:g}; the scan is empty.")
+    if values.dtype in SCAN_DTYPES:
         return image
     return sitk.Cast(image, sitk.sitkFloat32)
 
