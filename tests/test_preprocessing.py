@@ -9,6 +9,9 @@ from napari_mmseg.inference import InferenceOptions, segment_image
 from napari_mmseg.preprocessing import (
     IntensityNorm,
     _argmax,
+    _cells_on_aligned_native,
+    _cells_resampled,
+    _index_map,
     canonical_grid,
     default_norm,
     probabilities_to_native,
@@ -140,3 +143,25 @@ def test_labels_back_on_the_scan_equal_interpolating_every_voxel(direction, orga
     where = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, shape, strict=True))
     from_box = probabilities_to_native(np.ascontiguousarray(probs[(slice(None), *where)]), grid, native, where)
     assert np.count_nonzero(sitk.GetArrayFromImage(from_box) != plain) == 0
+
+
+@pytest.mark.parametrize(
+    "direction",
+    [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1), (0, 0, -1, 1, 0, 0, 0, -1, 0)],
+    ids=["identity", "flipped", "permuted"],
+)
+def test_aligned_cell_lookup_equals_simpleitk_resampling(direction):
+    """The 1-D lookups for scans whose axes run along the grid's give SimpleITK's nearest
+    neighbours, on any region, with spacings that do not divide the grid's."""
+    native = sitk.Image([61, 47, 23], sitk.sitkUInt8)
+    native.SetSpacing((0.77, 1.3, 2.9))
+    native.SetDirection(direction)
+    native.SetOrigin((11.3, -7.1, 40.2))
+    grid = canonical_grid(native, 3.0)
+    cells = np.random.default_rng(2).integers(0, 6, size=tuple(n + 1 for n in reversed(grid.GetSize())), dtype=np.uint8)
+    for region in (np.s_[0:23, 0:47, 0:61], np.s_[3:20, 5:40, 1:60]):
+        fast = _cells_on_aligned_native(cells, *_index_map(native, grid), region)
+        np.testing.assert_array_equal(fast, _cells_resampled(cells, grid, native, region))
+    oblique = sitk.Image(native)
+    oblique.SetDirection(OBLIQUE)
+    assert _cells_on_aligned_native(cells, *_index_map(oblique, canonical_grid(oblique, 3.0)), region) is None
