@@ -143,8 +143,11 @@ def _interpolate(channels: np.ndarray, xyz: np.ndarray, grid_shape: tuple[int, .
     top = np.asarray(grid_shape[::-1], np.float32) - 1  # x, y, z
     start = np.asarray([where[2 - a].start for a in range(3)], np.float32)
     size = np.asarray(channels.shape[:0:-1], np.float32)
-    inside = np.clip(xyz.T, 0, top) - start  # clamped to the grid, then into the box
-    normalised = np.ascontiguousarray(((2 * inside + 1) / size - 1).astype(np.float32))
+    at = np.clip(xyz, 0, top[:, None]).astype(np.float32, copy=False)  # clamped to the grid
+    at -= start[:, None]  # into the box, then to grid_sample's -1 .. 1
+    at *= (2 / size)[:, None]
+    at += (1 / size - 1)[:, None]
+    normalised = np.ascontiguousarray(at.T)
     with torch.inference_mode():
         out = torch.nn.functional.grid_sample(
             torch.from_numpy(np.ascontiguousarray(channels, np.float32))[None],
@@ -266,7 +269,7 @@ def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Im
             matrix, offset = (a.astype(np.float32) for a in _index_map(native, grid))
             organ = _interpolate(probs[1:], matrix @ xyz + offset[:, None], grid_shape, where)
             # background is what the organs leave (interpolation keeps sums); it wins ties
-            best = organ.argmax(axis=0)
+            best = _argmax(organ)
             box.ravel()[band] = np.where(1.0 - organ.sum(axis=0) >= organ.max(axis=0), 0, best + 1)
         labels[region] = box
     out = sitk.GetImageFromArray(labels)
