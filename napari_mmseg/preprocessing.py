@@ -198,9 +198,11 @@ def _cell_labels(grid_labels: np.ndarray) -> np.ndarray:
     return cells
 
 
-def _cells_on_native(cells: np.ndarray, grid: sitk.Image, native: sitk.Image, region: tuple[slice, ...]) -> np.ndarray:
-    """Nearest-neighbour resampling of the cell labels onto the `region` of the scan."""
-    aligned = _cells_on_aligned_native(cells, *_index_map(native, grid), region)
+def _cells_on_native(cells: np.ndarray, grid: sitk.Image, native: sitk.Image, region: tuple[slice, ...],
+                     native_to_grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Nearest-neighbour resampling of the cell labels onto the `region` of the scan
+    (`native_to_grid`: `_index_map(native, grid)`)."""
+    aligned = _cells_on_aligned_native(cells, *native_to_grid, region)
     return aligned if aligned is not None else _cells_resampled(cells, grid, native, region)
 
 
@@ -262,9 +264,10 @@ def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Im
     region = _native_region(cells, *_index_map(grid, native), native.GetSize())
     labels = np.zeros(tuple(reversed(native.GetSize())), np.uint8)
     if all(r.stop > r.start for r in region):
-        box = _cells_on_native(cells, grid, native, region)
+        to_grid = _index_map(native, grid)
+        box = _cells_on_native(cells, grid, native, region, to_grid)
         band = np.flatnonzero(box == MIXED)  # the native voxels to interpolate
-        matrix, offset = (a.astype(np.float32) for a in _index_map(native, grid))
+        matrix, offset = (a.astype(np.float32) for a in to_grid)
         # In pieces: a dozen temporaries per voxel, which for a whole 2-million-voxel band
         # were 0.4 GB of fresh memory, each page faulted in (0.3-0.5 s on this project's VM)
         for part in np.split(band, range(BAND_PIECE, band.size, BAND_PIECE)) if band.size else ():
