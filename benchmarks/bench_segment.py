@@ -504,8 +504,7 @@ def run_training(args: argparse.Namespace) -> dict:
     norm = fit_normalization("CT", prepared)
     t = time.perf_counter()
     sampler = PatchSampler(
-        [c.image(norm) for c in prepared], [c.labels for c in prepared], cfg.patch_size,
-        cfg.noise_sigma, cfg.offset_sigma, np.random.default_rng(0),
+        prepared, norm, cfg.patch_size, cfg.spacing_mm, loaded.meta.network.in_channels, cfg, np.random.default_rng(0),
     )
     sampler_init_s = time.perf_counter() - t
 

@@ -22,7 +22,14 @@ from .device import mixed_precision, place, resolve_device, tune_cpu
 from .errors import Cancelled
 from .networks import MultiModalFCN
 from .organs import check_modality
-from .preprocessing import IntensityNorm, guess_modality, probabilities_to_native, to_canonical
+from .preprocessing import (
+    IntensityNorm,
+    body_mask,
+    guess_modality,
+    network_input,
+    probabilities_to_native,
+    to_canonical,
+)
 from .weights import LoadedModel
 
 ProgressFn = Callable[[float, str], None]
@@ -54,11 +61,7 @@ class Segmentation:
 def body_box(values: np.ndarray, margin: int) -> tuple[slice, ...]:
     """Bounding box of the voxels brighter than air (plus a margin): windows outside it are
     empty, so the network need not see them."""
-    sample_max = np.percentile(values[::2, ::2, ::2], 99)
-    lo = float(values.min())
-    mask = values > lo + 0.1 * (sample_max - lo)
-    if not mask.any():
-        return tuple(slice(0, n) for n in values.shape)
+    mask = body_mask(values)
     box = []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
@@ -78,6 +81,7 @@ def predict_probabilities(
     volume: np.ndarray,
     modality: str,
     patch: int,
+    spacing_mm: float,
     device: torch.device,
     options: InferenceOptions = InferenceOptions(),
     progress: ProgressFn | None = None,
@@ -85,9 +89,11 @@ def predict_probabilities(
     timings: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Class probabilities (float32, classes × z × y × x) for a normalised volume on the
-    model's grid: softmax of overlapping windows, averaged with Gaussian weights."""
+    model's grid (padded and given coordinate channels as the network expects): softmax of
+    overlapping windows, averaged with Gaussian weights."""
     from monai.inferers import sliding_window_inference  # slow to import: only when needed
-    n_windows = window_count(volume.shape, patch, options.overlap)
+    channels, where = network_input(volume, model.config.in_channels, spacing_mm, patch)
+    n_windows = window_count(channels.shape[1:], patch, options.overlap)
     done = 0
     network_s = 0.0
     autocast = mixed_precision(device, training=False) if options.mixed_precision else nullcontext()
@@ -108,7 +114,7 @@ def predict_probabilities(
         return out
 
     place(model, device).eval()
-    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None].to(device)
+    x = torch.from_numpy(np.ascontiguousarray(channels, dtype=np.float32))[None].to(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         probs = sliding_window_inference(
@@ -116,6 +122,8 @@ def predict_probabilities(
             mode="gaussian", padding_mode="constant", cval=float(volume.min()),
         )
         probs = probs[0].float().cpu().numpy()
+    if any(s.stop - s.start != n for s, n in zip(where, channels.shape[1:], strict=True)):
+        probs = np.ascontiguousarray(probs[(slice(None), *where)])
     if timings is not None:
         timings["network"] = timings.get("network", 0.0) + network_s
         timings["stitching"] = timings.get("stitching", 0.0) + time.perf_counter() - t0 - network_s
@@ -164,7 +172,7 @@ def segment_image(
     timings["normalise"] = time.perf_counter() - t
 
     probs_crop = predict_probabilities(
-        loaded.model, volume, modality, meta.patch_size, device, options,
+        loaded.model, volume, modality, meta.patch_size, meta.spacing_mm, device, options,
         progress=lambda f, s: report(round(0.05 + 0.9 * f, 6), s), cancel=cancel, timings=timings,
     )
     t = time.perf_counter()

@@ -23,8 +23,11 @@ class IntensityNorm:
     """How a modality's intensities become network input; stored with the weights.
 
     kind "window": clip to `window` (e.g. HU), then subtract `mean` and divide by `std`
-    (fixed numbers, measured on the training data). kind "percentile": clip to the volume's
-    own `percentiles`, then z-score with the clipped volume's own mean and std.
+    (fixed numbers, measured on the training data): CT in true HU and CT stored windowed
+    give the same input. kind "foreground": clip to the `percentiles` of the volume's own
+    body voxels, then z-score with those voxels' mean and std: independent of the MR's scale,
+    of how much air the field of view holds and of how many slices a slab has. kind
+    "percentile" (older weights): the same over every voxel, air included.
     """
 
     kind: str
@@ -37,7 +40,7 @@ class IntensityNorm:
         if self.kind == "window":
             if self.window is None or self.mean is None or not self.std:
                 raise ValueError("a window normalisation needs window, mean and std")
-        elif self.kind == "percentile":
+        elif self.kind in ("foreground", "percentile"):
             if self.percentiles is None:
                 raise ValueError("a percentile normalisation needs percentiles")
         else:
@@ -51,9 +54,15 @@ class IntensityNorm:
             x /= np.float32(self.std)
             return x
         sample = x[::2, ::2, ::2] if x.size > 4_000_000 else x
+        if self.kind == "foreground":
+            sample = sample[body_mask(sample)]
         lo, hi = np.percentile(sample, self.percentiles)
         np.clip(x, lo, hi, out=x)
-        mean, std = float(x.mean()), float(x.std())
+        if self.kind == "foreground":
+            kept = np.clip(sample, lo, hi)
+            mean, std = float(kept.mean()), float(kept.std())
+        else:
+            mean, std = float(x.mean()), float(x.std())
         x -= np.float32(mean)
         x /= np.float32(max(std, 1e-6))
         return x
@@ -80,7 +89,65 @@ GRID_NUDGE_MM = 1.234e-3
 def default_norm(modality: str, mean: float = 0.0, std: float = 1.0) -> IntensityNorm:
     if check_modality(modality) == "CT":
         return IntensityNorm("window", window=CT_WINDOW, mean=mean, std=std)
-    return IntensityNorm("percentile", percentiles=MR_PERCENTILES)
+    return IntensityNorm("foreground", percentiles=MR_PERCENTILES)
+
+
+def body_mask(values: np.ndarray) -> np.ndarray:
+    """Voxels brighter than air: a tenth of the way from the minimum to the 99th percentile.
+    Holds for HU and for MR of any scale (and inverted MR still keeps the body)."""
+    sample = values[::2, ::2, ::2] if values.size > 1_000_000 else values
+    top = float(np.percentile(sample, 99))
+    lo = float(values.min())
+    mask = values > lo + 0.1 * (top - lo)
+    return mask if mask.any() else np.ones(values.shape, bool)
+
+
+# Coordinate channels: position across the body (patient left-right and front-back) in
+# units of this many mm from the body's centre; tells left from right and spleen from liver
+# where a patch alone cannot. Along the body axis nothing: a slab has no reliable z origin.
+COORDINATE_SCALE_MM = 150.0
+
+
+def body_centre(values: np.ndarray) -> tuple[float, float]:
+    """(y, x) index of the body's centre of mass in the axial plane, on the canonical grid."""
+    mask = body_mask(values)
+    ys = mask.any(axis=(0, 2)).nonzero()[0]
+    xs = mask.any(axis=(0, 1)).nonzero()[0]
+    weights_y = mask.sum(axis=(0, 2))[ys].astype(np.float64)
+    weights_x = mask.sum(axis=(0, 1))[xs].astype(np.float64)
+    return float((ys * weights_y).sum() / weights_y.sum()), float((xs * weights_x).sum() / weights_x.sum())
+
+
+def coordinate_channels(shape: tuple[int, int, int], centre: tuple[float, float], spacing_mm: float,
+                        start: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """(2, z, y, x) float32: left-right then front-back position of each voxel relative to
+    the body centre, for an array whose (y, x) index 0 lies at `start` of the grid."""
+    scale = spacing_mm / COORDINATE_SCALE_MM
+    y = (np.arange(shape[1], dtype=np.float32) + start[0] - centre[0]) * scale
+    x = (np.arange(shape[2], dtype=np.float32) + start[1] - centre[1]) * scale
+    out = np.empty((2, *shape), np.float32)
+    out[0] = x[None, None, :]
+    out[1] = y[None, :, None]
+    return out
+
+
+def network_input(volume: np.ndarray, in_channels: int, spacing_mm: float,
+                  min_size: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """(C, z, y, x) input for a normalised volume: padded with its minimum to at least
+    `min_size` voxels per axis (a 20-slice slab), coordinate channels appended when the
+    network takes them. Returns the array and where the volume lies in it."""
+    pad = [(max(0, min_size - n) // 2, max(0, min_size - n) - max(0, min_size - n) // 2) for n in volume.shape]
+    where = tuple(slice(b, b + n) for (b, _), n in zip(pad, volume.shape, strict=True))
+    if any(b or a for b, a in pad):
+        volume = np.pad(volume, pad, constant_values=float(volume.min()))
+    if in_channels == 1:
+        return volume[None], where
+    if in_channels != 3:
+        raise ValueError(f"networks take 1 channel or 1 + 2 coordinate channels, not {in_channels}")
+    out = np.empty((3, *volume.shape), np.float32)
+    out[0] = volume
+    out[1:] = coordinate_channels(volume.shape, body_centre(volume), spacing_mm)
+    return out, where
 
 
 def guess_modality(values: np.ndarray) -> str:

@@ -15,12 +15,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+import torch
+import torch.nn.functional as F
+
+from .augmentation import GlobalRemap, bias_field, class_wise, gaussian_blur, spatial_grid, thick_slices
+from .config import TrainingConfig
 from .datasets import LabelledCase
 from .inference import body_box
 from .organs import NUM_CLASSES
-from .preprocessing import IntensityNorm, default_norm, to_canonical
+from .preprocessing import COORDINATE_SCALE_MM, IntensityNorm, body_centre, body_mask, default_norm, to_canonical
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 SAMPLES_PER_CLASS = 20_000
 
 
@@ -33,12 +38,11 @@ def cache_dir() -> Path:
 class PreparedCase:
     name: str
     modality: str
-    values: np.ndarray  # float32 z, y, x: HU for CT (normalised later), normalised MR
+    values: np.ndarray  # float32 z, y, x, as the scan stores them (HU for CT)
     labels: np.ndarray  # uint8, our organ ids
-    normalised: bool
 
     def image(self, norm: IntensityNorm) -> np.ndarray:
-        return self.values if self.normalised else norm.apply(self.values)
+        return norm.apply(self.values)
 
 
 def prepare_case(case: LabelledCase, spacing_mm: float, patch_size: int) -> PreparedCase:
@@ -49,21 +53,18 @@ def prepare_case(case: LabelledCase, spacing_mm: float, patch_size: int) -> Prep
     path = cache_dir() / f"{case.name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
     if path.is_file():
         with np.load(path) as z:
-            return PreparedCase(case.name, case.modality, z["values"], z["labels"], bool(z["normalised"]))
+            return PreparedCase(case.name, case.modality, z["values"], z["labels"])
     image, labels = case.load()
     raw = sitk.GetArrayFromImage(to_canonical(image, spacing_mm))
     lab = sitk.GetArrayFromImage(to_canonical(labels, spacing_mm, is_label=True))
     box = body_box(raw, margin=patch_size // 8)
-    raw, lab = raw[box], lab[box]
-    norm = default_norm(case.modality)
-    normalised = norm.kind == "percentile"  # per-volume statistics: apply now, on this crop
-    values = norm.apply(raw) if normalised else raw.astype(np.float32)
+    values, lab = raw[box].astype(np.float32), lab[box].astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Per-process name: ranks of a torchrun job prepare the same cases at the same time.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, values=values, labels=lab.astype(np.uint8), normalised=normalised)
+    np.savez(tmp, values=values, labels=lab)
     os.replace(tmp, path)
-    return PreparedCase(case.name, case.modality, values, lab.astype(np.uint8), normalised)
+    return PreparedCase(case.name, case.modality, values, lab)
 
 
 def fit_normalization(modality: str, cases: list[PreparedCase]) -> IntensityNorm:
@@ -77,15 +78,25 @@ def fit_normalization(modality: str, cases: list[PreparedCase]) -> IntensityNorm
 
 class PatchSampler:
     """Class-balanced patches: each patch centre is a voxel of a class drawn uniformly
-    (background included), shifted at random; Gaussian noise and an intensity offset."""
+    (background included), shifted at random; then the appearance and spatial
+    augmentation of `augmentation.py`, Gaussian noise and an intensity offset.
+
+    Patches are normalised here, per patch, exactly as `norm` would normalise a whole scan
+    of the patch's (augmented) appearance; coordinate channels are added when
+    `in_channels` is 3."""
 
     def __init__(
-        self, images: list[np.ndarray], labels: list[np.ndarray], patch: int,
-        noise_sigma: float, offset_sigma: float, rng: np.random.Generator,
+        self, cases: list[PreparedCase], norm: IntensityNorm, patch: int, spacing_mm: float,
+        in_channels: int, training: TrainingConfig, rng: np.random.Generator,
     ) -> None:
-        self.images, self.labels, self.patch = images, labels, patch
-        self.noise_sigma, self.offset_sigma, self.rng = noise_sigma, offset_sigma, rng
-        self.coords = [self._class_coords(lab) for lab in labels]
+        self.cases, self.norm, self.patch, self.rng = cases, norm, patch, rng
+        self.spacing_mm, self.in_channels = spacing_mm, in_channels
+        self.noise_sigma, self.offset_sigma = training.noise_sigma, training.offset_sigma
+        self.aug = training.augmentation
+        self.coords = [self._class_coords(c.labels) for c in cases]
+        self.centres = [body_centre(c.values) for c in cases]
+        self.ranges = [self._unit_range(c.values) for c in cases]
+        self.body_samples = [self._body_sample(c.values, r) for c, r in zip(cases, self.ranges, strict=True)]
 
     def _class_coords(self, lab: np.ndarray) -> list[np.ndarray]:
         out = []
@@ -96,28 +107,114 @@ class PatchSampler:
             out.append(np.stack(np.unravel_index(idx, lab.shape), axis=1) if idx.size else np.empty((0, 3), int))
         return out
 
-    def _crop(self, volume: np.ndarray, start: np.ndarray, fill: float) -> np.ndarray:
-        p = self.patch
-        src = tuple(slice(max(s, 0), min(s + p, n)) for s, n in zip(start, volume.shape, strict=True))
-        pad = [(max(-s, 0), max(s + p - n, 0)) for s, n in zip(start, volume.shape, strict=True)]
+    def _unit_range(self, values: np.ndarray) -> tuple[float, float]:
+        """The intensities that map to 0 and 1: the CT window, or the MR volume's clip range."""
+        if self.norm.kind == "window":
+            return self.norm.window
+        sample = values[::2, ::2, ::2]
+        if self.norm.kind == "foreground":
+            sample = sample[body_mask(sample)]
+        lo, hi = np.percentile(sample, self.norm.percentiles)
+        return float(lo), float(max(hi, lo + 1e-6))
+
+    def _body_sample(self, values: np.ndarray, unit: tuple[float, float]) -> np.ndarray:
+        """Body voxels in the unit range, to normalise a remapped patch as its scan would be."""
+        body = values[body_mask(values)]
+        body = body[self.rng.choice(body.size, min(body.size, 20_000), replace=False)]
+        return np.clip((body - unit[0]) / (unit[1] - unit[0]), 0, 1).astype(np.float32)
+
+    def _crop(self, volume: np.ndarray, start: np.ndarray, size: int, fill: float) -> np.ndarray:
+        src = tuple(slice(max(s, 0), min(s + size, n)) for s, n in zip(start, volume.shape, strict=True))
+        pad = [(max(-s, 0), max(s + size - n, 0)) for s, n in zip(start, volume.shape, strict=True)]
         piece = volume[src]
         if any(a or b for a, b in pad):
             piece = np.pad(piece, pad, constant_values=fill)
         return piece
 
+    def _to_network(self, u: np.ndarray, remap: GlobalRemap | None, sample: np.ndarray) -> np.ndarray:
+        """Unit-range intensities → network input, as `norm.apply` would give for the scan."""
+        if self.norm.kind == "window":
+            w0, w1 = self.norm.window
+            return ((u * (w1 - w0) + w0 - self.norm.mean) / self.norm.std).astype(np.float32)
+        body = remap(sample) if remap is not None else sample
+        if self.norm.kind == "foreground":  # the body as `body_mask` finds it after the remap (air stays at 0)
+            body = body[body > 0.1 * np.percentile(body, 99)]
+            lo, hi = np.percentile(body, self.norm.percentiles)
+            kept = np.clip(body, lo, hi)
+            mean, std = float(kept.mean()), float(kept.std())
+        else:  # older per-volume statistics: approximated on the body
+            lo, hi, mean, std = 0.0, 1.0, float(body.mean()), float(body.std())
+        return ((np.clip(u, lo, hi) - mean) / max(std, 1e-6)).astype(np.float32)
+
+    def _one(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        p, rng, aug, case = self.patch, self.rng, self.aug, self.cases[i]
+        present = [c for c in range(NUM_CLASSES) if len(self.coords[i][c])]
+        cls = present[int(rng.integers(len(present)))]
+        centre = self.coords[i][cls][int(rng.integers(len(self.coords[i][cls])))]
+        start = centre - p // 2 + rng.integers(-p // 4, p // 4 + 1, size=3)
+        fill = float(case.values.min())
+        if aug.enabled and rng.random() < aug.p_spatial:
+            margin = p // 5
+            crop_start = start - margin
+            raw = self._crop(case.values, crop_start, p + 2 * margin, fill)
+            lab = self._crop(case.labels, crop_start, p + 2 * margin, 0)
+            grid = spatial_grid(p, aug, rng, margin)
+            raw_t = torch.from_numpy(np.ascontiguousarray(raw))[None, None]
+            lab_t = torch.from_numpy(lab.astype(np.float32))[None, None]
+            raw = F.grid_sample(raw_t, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0].numpy()
+            lab = F.grid_sample(lab_t, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0]
+            lab = lab.numpy().astype(np.uint8)
+            # grid (x, y) in [-1, 1] of the crop → grid voxels (align_corners=False)
+            n = p + 2 * margin
+            gx = (grid[0, ..., 0].numpy() + 1) * n / 2 - 0.5 + crop_start[2]
+            gy = (grid[0, ..., 1].numpy() + 1) * n / 2 - 0.5 + crop_start[1]
+        else:
+            raw = self._crop(case.values, start, p, fill)
+            lab = self._crop(case.labels, start, p, 0)
+            gx = np.broadcast_to(np.arange(p, dtype=np.float32)[None, None, :] + start[2], (p, p, p))
+            gy = np.broadcast_to(np.arange(p, dtype=np.float32)[None, :, None] + start[1], (p, p, p))
+
+        lo, hi = self.ranges[i]
+        values = raw
+        if aug.enabled and self.norm.kind == "window":  # another phase, scanner or calibration
+            values = raw * np.float32(rng.uniform(*aug.ct_window_scale)) + np.float32(
+                rng.uniform(-aug.ct_window_shift_hu, aug.ct_window_shift_hu))
+        u = np.clip((values - lo) / (hi - lo), 0, 1).astype(np.float32)
+        remap = None
+        if aug.enabled:
+            if rng.random() < aug.p_class_wise:
+                u = class_wise(u, lab, aug, rng)
+            remap = GlobalRemap.draw(aug, rng)
+            u = remap(u)
+            if rng.random() < aug.p_bias:
+                u = u * bias_field(u.shape, aug.bias_strength, rng)
+        x = torch.from_numpy(self._to_network(u, remap, self.body_samples[i]))[None, None]
+        if aug.enabled:
+            if rng.random() < aug.p_blur:
+                x = gaussian_blur(x, float(rng.uniform(*aug.blur_sigma)))
+            if rng.random() < aug.p_thick_slices:
+                x = thick_slices(x, int(rng.integers(aug.thick_factor[0], aug.thick_factor[1] + 1)))
+        x = x[0, 0].numpy()
+        x = x + rng.normal(0, self.noise_sigma, x.shape).astype(np.float32) + np.float32(rng.normal(0, self.offset_sigma))
+        if aug.enabled and rng.random() < aug.p_slab:
+            k = int(rng.integers(aug.slab_slices[0], aug.slab_slices[1] + 1))
+            z0 = int(rng.integers(0, max(1, p - k + 1)))
+            outside = np.ones(p, bool)
+            outside[z0:z0 + k] = False
+            x[outside] = x[~outside].min()
+            lab = lab.copy()
+            lab[outside] = 0
+        channels = [x]
+        if self.in_channels == 3:
+            scale = self.spacing_mm / COORDINATE_SCALE_MM
+            cy, cx = self.centres[i]
+            channels += [(gx - cx) * scale, (gy - cy) * scale]
+        return np.stack(channels).astype(np.float32, copy=False), lab
+
     def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         p = self.patch
-        xs = np.empty((batch, 1, p, p, p), np.float32)
+        xs = np.empty((batch, self.in_channels, p, p, p), np.float32)
         ys = np.empty((batch, 1, p, p, p), np.int64)
         for b in range(batch):
-            i = int(self.rng.integers(len(self.images)))
-            present = [c for c in range(NUM_CLASSES) if len(self.coords[i][c])]
-            cls = present[int(self.rng.integers(len(present)))]
-            centre = self.coords[i][cls][int(self.rng.integers(len(self.coords[i][cls])))]
-            start = centre - p // 2 + self.rng.integers(-p // 4, p // 4 + 1, size=3)
-            image = self.images[i]
-            x = self._crop(image, start, float(image.min()))
-            x = x + self.rng.normal(0, self.noise_sigma, x.shape).astype(np.float32)
-            xs[b, 0] = x + np.float32(self.rng.normal(0, self.offset_sigma))
-            ys[b, 0] = self._crop(self.labels[i], start, 0)
+            xs[b], ys[b, 0] = self._one(int(self.rng.integers(len(self.cases))))
         return xs, ys

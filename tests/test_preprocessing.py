@@ -51,12 +51,38 @@ def test_window_norm_clips_and_scales():
     assert IntensityNorm.from_dict(norm.to_dict()) == norm
 
 
-def test_percentile_norm_is_per_volume():
+def _mr_like(rng: np.random.Generator, air_rows: int, slices: int = 20) -> np.ndarray:
+    body = rng.gamma(4.0, 100.0, size=(slices, 30, 30))
+    return np.concatenate([rng.uniform(0, 5, (slices, air_rows, 30)), body], axis=1)
+
+
+def test_foreground_norm_ignores_scale_offset_and_the_air_around_the_body():
     norm = default_norm("MR")
-    x = np.random.default_rng(0).gamma(2.0, 100.0, size=(20, 20, 20))
+    assert norm.kind == "foreground"
+    rng = np.random.default_rng(0)
+    x = _mr_like(rng, 4)
     a, b = norm.apply(x), norm.apply(3.0 * x + 10.0)
     assert np.allclose(a, b, atol=1e-4)
-    assert abs(float(a.mean())) < 1e-4
+    # the same body in a field of view with far more air: its voxels get the same values
+    wide = np.concatenate([rng.uniform(0, 5, (20, 60, 30)), x], axis=1)
+    assert np.allclose(norm.apply(wide)[:, 60:][:, 4:], a[:, 4:], atol=0.05)
+    assert abs(float(a[:, 4:].mean())) < 0.05, "the body is z-scored, not body and air together"
+
+
+def test_network_input_pads_a_thin_slab_and_adds_coordinates():
+    """A 20-slice MR slab reaches the network padded to the patch, with coordinates that
+    run to the patient's left (+x on the canonical grid) from the body's centre."""
+    volume = default_norm("MR").apply(_mr_like(np.random.default_rng(1), 0, slices=7))
+    channels, where = preprocessing.network_input(volume, 3, 3.0, 16)
+    assert channels.shape == (3, 16, 30, 30)
+    assert np.array_equal(channels[0][where], volume)
+    assert channels[0, 0].max() == volume.min(), "padding is the volume's own minimum"
+    left_right, front_back = channels[1], channels[2]
+    assert np.all(np.diff(left_right, axis=2) > 0) and np.all(np.diff(front_back, axis=1) > 0)
+    assert abs(float(left_right[0, 0].mean())) < 0.05, "0 at the body's centre"
+    assert np.isclose(left_right[0, 0, 1] - left_right[0, 0, 0], 3.0 / preprocessing.COORDINATE_SCALE_MM)
+    single, _ = preprocessing.network_input(volume, 1, 3.0, 4)
+    assert single.shape == (1, *volume.shape)
 
 
 @pytest.mark.parametrize("scan_fixture, modality", [("ct_scan", "CT"), ("mr_scan", "MR")])

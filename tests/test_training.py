@@ -16,7 +16,8 @@ from napari_mmseg import config
 from napari_mmseg.config import NetworkConfig, Preset, TrainingConfig
 from napari_mmseg.datasets import load_dataset
 from napari_mmseg.training import TrainingRun, modality_for_step, split_cases, train
-from napari_mmseg.training_data import PatchSampler
+from napari_mmseg.preprocessing import IntensityNorm
+from napari_mmseg.training_data import PatchSampler, PreparedCase
 from napari_mmseg.weights import load_weights
 
 TINY = Preset(
@@ -46,12 +47,14 @@ def test_sampler_balances_classes_and_never_flips():
     labels = np.zeros((40, 40, 40), np.uint8)
     labels[5:8, 5:8, 5:8] = 3  # a tiny right kidney
     labels[20:35, 20:35, 20:35] = 1
-    image = labels.astype(np.float32)
-    sampler = PatchSampler([image], [labels], 16, 0.0, 0.0, rng)
+    case = PreparedCase("toy", "CT", labels.astype(np.float32) * 100 - 100, labels)
+    norm = IntensityNorm("window", window=(-100.0, 300.0), mean=-100.0, std=100.0)
+    training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0)  # the paper's: no appearance augmentation
+    sampler = PatchSampler([case], norm, 16, 4.0, 1, training, rng)
     xs, ys = sampler.sample(200)
     assert xs.shape == (200, 1, 16, 16, 16)
     assert ((ys == 3).any(axis=(1, 2, 3, 4))).mean() > 0.2, "rare organs are sampled as often as others"
-    assert np.array_equal(xs.astype(np.uint8)[:, 0], ys[:, 0]), "image and labels stay aligned (no flips)"
+    assert np.array_equal(np.rint(xs).astype(np.uint8)[:, 0], ys[:, 0]), "image and labels stay aligned (no flips)"
 
 
 def test_train_writes_weights_that_inference_can_use_and_resumes(data, tmp_path):
@@ -66,7 +69,7 @@ def test_train_writes_weights_that_inference_can_use_and_resumes(data, tmp_path)
     assert meta.spacing_mm == 4.0 and meta.patch_size == 16
     ct_norm = meta.normalization["CT"]
     assert ct_norm.kind == "window" and ct_norm.window == (-125.0, 275.0) and ct_norm.std > 0
-    assert meta.normalization["MR"].kind == "percentile"
+    assert meta.normalization["MR"].kind == "foreground"
     assert set(meta.validation_dice["cases"]) == {"CT", "MR"} and "mean" in meta.validation_dice["CT"]
     assert "CT: 3 cases" in meta.trained_on
     assert any("validation Dice" in ln for ln in lines)

@@ -1,0 +1,162 @@
+"""Training-patch augmentation that changes how organs look, never where they are.
+
+Why: the networks meet CT phases and MR sequences they were never trained on (non-contrast
+CT, T1 MR). Following SLAug (random intensity curves, globally and per class) and GIN
+(random non-monotone remapping), every patch is shown with a random appearance: a random
+CT window (as if another phase or scanner), organ-wise brightness and contrast (as if
+enhanced differently), a random intensity curve, monotone or not (T2 ↔ T1 contrasts),
+gamma, a smooth bias field, blur or thick slices, noise; plus small rotations and scaling.
+Never a flip: a mirrored abdomen swaps the right and the left kidney.
+
+Intensity changes work in a unit range per volume (the CT window, or the MR volume's own
+clip range), and the result is normalised as the weights' normalisation would normalise a
+whole scan of that appearance, so training and inference see the same statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .organs import NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Probabilities and ranges; `enabled=False` gives the paper's noise-and-offset only."""
+
+    enabled: bool = True
+    ct_window_shift_hu: float = 60.0  # random HU offset before the window, ± this
+    ct_window_scale: tuple[float, float] = (0.8, 1.2)  # random HU scale before the window
+    p_class_wise: float = 0.5  # organ-wise brightness/contrast (enhancement differences)
+    class_shift: float = 0.3  # ± this in the unit range
+    class_scale: tuple[float, float] = (0.6, 1.4)
+    p_curve: float = 0.6  # a random intensity curve through random control points
+    p_curve_non_monotone: float = 0.35  # of those, non-monotone (otherwise monotone)
+    p_curve_inverted: float = 0.3  # of the monotone ones, decreasing (T1 ↔ T2)
+    curve_points: int = 4
+    p_gamma: float = 0.4
+    gamma: tuple[float, float] = (0.5, 2.0)
+    p_bias: float = 0.4
+    bias_strength: float = 0.35  # the field's log amplitude
+    p_blur: float = 0.15
+    blur_sigma: tuple[float, float] = (0.5, 1.2)  # voxels
+    p_thick_slices: float = 0.2
+    thick_factor: tuple[int, int] = (2, 3)  # slices averaged along z
+    p_slab: float = 0.1  # only a thin slab of slices (a 20-slice MR)
+    slab_slices: tuple[int, int] = (12, 32)
+    p_spatial: float = 0.5
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.85, 1.15)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(rng.uniform(bounds[0], bounds[1]))
+
+
+AIR = 0.05  # the bottom of the unit range stays dark: air is dark in every CT and MR
+
+
+def random_curve(rng: np.random.Generator, points: int, monotone: bool, inverted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Control points (x, y) of a piecewise-linear map of [0, 1] onto [0, 1] that keeps air
+    at 0 and remaps the body's intensities: increasing, decreasing, or neither."""
+    xp = np.concatenate([[0.0, AIR], np.sort(rng.uniform(AIR, 1, points)), [1.0]])
+    body = rng.uniform(0.1, 1, points + 2)
+    if monotone:
+        body = np.sort(body)[::-1] if inverted else np.sort(body)
+    return xp, np.concatenate([[0.0], body])
+
+
+@dataclass(frozen=True)
+class GlobalRemap:
+    """The volume-wide part of a patch's new appearance (curve, then gamma): applied to a
+    sample of the volume too, so the patch can be normalised as its whole scan would be."""
+
+    curve: tuple[np.ndarray, np.ndarray] | None
+    gamma: float | None
+
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        if self.curve is not None:
+            u = np.interp(u, *self.curve).astype(np.float32)
+        if self.gamma is not None:
+            u = np.power(np.clip(u, 0, 1), self.gamma, dtype=np.float32)
+        return u
+
+    @classmethod
+    def draw(cls, cfg: AugmentationConfig, rng: np.random.Generator) -> GlobalRemap:
+        curve = None
+        if rng.random() < cfg.p_curve:
+            non_monotone = rng.random() < cfg.p_curve_non_monotone
+            curve = random_curve(rng, cfg.curve_points, not non_monotone,
+                                 (not non_monotone) and rng.random() < cfg.p_curve_inverted)
+        gamma = math.exp(rng.uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1]))) if rng.random() < cfg.p_gamma else None
+        return cls(curve, gamma)
+
+
+def class_wise(u: np.ndarray, labels: np.ndarray, cfg: AugmentationConfig, rng: np.random.Generator) -> np.ndarray:
+    """Each class present gets its own brightness and contrast around its mean."""
+    out = u.copy()
+    for c in range(NUM_CLASSES):
+        mask = labels == c
+        if not mask.any():
+            continue
+        values = u[mask]
+        centre = float(values.mean())
+        scale = _uniform(rng, cfg.class_scale)
+        shift = float(rng.uniform(-cfg.class_shift, cfg.class_shift))
+        out[mask] = (values - centre) * scale + centre + shift
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def bias_field(shape: tuple[int, ...], strength: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth multiplicative field: a 4×4×4 random grid of log-gains, upsampled."""
+    coarse = torch.from_numpy(rng.normal(0, strength, (1, 1, 4, 4, 4)).astype(np.float32))
+    field = F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0, 0]
+    return torch.exp(field).numpy()
+
+
+def thick_slices(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """As if acquired with `factor` times thicker slices: average along z, interpolate back."""
+    depth = x.shape[-3]
+    pooled = F.avg_pool3d(x, (factor, 1, 1), ceil_mode=True)
+    return F.interpolate(pooled, size=(depth, *x.shape[-2:]), mode="trilinear", align_corners=False)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (N, C, z, y, x) tensor."""
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    taps /= taps.sum()
+    channels = x.shape[1]
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = taps.numel()
+        kernel = taps.view(1, 1, *shape).repeat(channels, 1, 1, 1, 1)
+        padding = [0, 0, 0]
+        padding[axis] = radius
+        x = F.conv3d(F.pad(x, [p for p in reversed(padding) for _ in range(2)], mode="replicate"),
+                     kernel, groups=channels)
+    return x
+
+
+def spatial_grid(patch: int, cfg: AugmentationConfig, rng: np.random.Generator, margin: int) -> torch.Tensor:
+    """Sampling grid (1, p, p, p, 3) into a crop of `patch + 2 * margin` voxels per axis:
+    a small rotation about each axis and an isotropic scaling around the crop's centre."""
+    angles = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg, 3))
+    s = _uniform(rng, cfg.scale)
+    cz, cy, cx = np.cos(angles)
+    sz, sy, sx = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    matrix = (rz @ ry @ rx) * s * (patch / (patch + 2 * margin))
+    theta = torch.zeros(1, 3, 4)
+    theta[0, :, :3] = torch.from_numpy(matrix.astype(np.float32))
+    return F.affine_grid(theta, [1, 1, patch, patch, patch], align_corners=False)

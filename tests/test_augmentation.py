@@ -1,0 +1,133 @@
+"""The appearance augmentation: labels untouched, left and right never swapped, the
+normalisation of an augmented patch as its whole scan would get it."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mmseg import augmentation as aug
+from napari_mmseg.augmentation import AugmentationConfig, GlobalRemap
+from napari_mmseg.config import TrainingConfig
+from napari_mmseg.preprocessing import IntensityNorm, default_norm
+from napari_mmseg.training_data import PatchSampler, PreparedCase
+
+ALWAYS = AugmentationConfig(p_class_wise=1.0, p_curve=1.0, p_gamma=1.0, p_bias=1.0, p_blur=1.0,
+                            p_thick_slices=1.0, p_spatial=1.0, p_slab=0.0)
+
+
+def _phantom() -> PreparedCase:
+    """CT-like body with a liver and a right kidney at small x (the patient's right on the
+    canonical LPS grid) and a spleen and left kidney at large x."""
+    labels = np.zeros((40, 48, 64), np.uint8)
+    labels[8:32, 10:30, 6:24] = 1
+    labels[10:26, 12:24, 44:58] = 2
+    labels[12:24, 30:40, 12:22] = 3
+    labels[12:24, 30:40, 42:52] = 4
+    values = np.full(labels.shape, -1000.0, np.float32)
+    values[:, 4:44, 2:62] = 40.0
+    for label, hu in ((1, 110.0), (2, 120.0), (3, 180.0), (4, 180.0)):
+        values[labels == label] = hu
+    return PreparedCase("phantom", "CT", values, labels)
+
+
+CT_NORM = IntensityNorm("window", window=(-125.0, 275.0), mean=-50.0, std=100.0)
+
+
+@pytest.mark.parametrize("name, transform", [
+    ("class_wise", lambda u, lab, rng: aug.class_wise(u, lab, ALWAYS, rng)),
+    ("curve", lambda u, lab, rng: GlobalRemap.draw(ALWAYS, rng)(u)),
+    ("bias", lambda u, lab, rng: u * aug.bias_field(u.shape, 0.35, rng)),
+    ("blur", lambda u, lab, rng: aug.gaussian_blur(torch.from_numpy(u)[None, None], 1.0)[0, 0].numpy()),
+    ("thick", lambda u, lab, rng: aug.thick_slices(torch.from_numpy(u)[None, None], 3)[0, 0].numpy()),
+])
+def test_intensity_augmentations_change_the_image_only(name, transform):
+    case = _phantom()
+    u = np.clip((case.values - -125.0) / 400.0, 0, 1).astype(np.float32)
+    labels = case.labels.copy()
+    out = transform(u.copy(), labels, np.random.default_rng(3))
+    assert out.shape == u.shape and out.dtype == np.float32
+    assert np.array_equal(labels, case.labels), f"{name} must not touch the labels"
+    assert not np.allclose(out, u), f"{name} changed nothing"
+    assert np.isfinite(out).all()
+
+
+def test_curves_keep_air_dark_and_take_every_form():
+    rng = np.random.default_rng(0)
+    forms = set()
+    for _ in range(200):
+        remap = GlobalRemap.draw(ALWAYS, rng)
+        xp, yp = remap.curve
+        assert yp[0] == 0.0 and xp[1] == aug.AIR, "air stays at 0"
+        body = yp[1:]
+        forms.add("up" if np.all(np.diff(body) >= 0) else "down" if np.all(np.diff(body) <= 0) else "neither")
+    assert forms == {"up", "down", "neither"}, "monotone, inverted and non-monotone contrasts are all seen"
+
+
+def test_spatial_augmentation_moves_image_and_labels_together_and_never_mirrors():
+    """With rotation and scaling always on, voxels well inside an organ keep the organ's
+    intensity, and the right kidney stays at the patient's right of the left kidney, in the
+    array and in the left-right coordinate channel."""
+    case = _phantom()
+    training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0,
+                              augmentation=AugmentationConfig(p_class_wise=0, p_curve=0, p_gamma=0, p_bias=0,
+                                                              p_blur=0, p_thick_slices=0, p_slab=0, p_spatial=1.0,
+                                                              ct_window_shift_hu=0, ct_window_scale=(1, 1)))
+    sampler = PatchSampler([case], CT_NORM, 32, 3.0, 3, training, np.random.default_rng(1))
+    both = 0
+    for _ in range(60):
+        x, y = sampler.sample(1)
+        image, lab, left_right = x[0, 0], y[0, 0], x[0, 1]
+        for label, hu in ((1, 110.0), (3, 180.0)):
+            inner = lab == label
+            if inner.sum() > 200:
+                values = image[inner] * CT_NORM.std + CT_NORM.mean
+                assert np.median(values) == pytest.approx(hu, abs=1.0)
+        if (lab == 3).sum() > 50 and (lab == 4).sum() > 50:
+            both += 1
+            assert np.nonzero(lab == 3)[2].mean() < np.nonzero(lab == 4)[2].mean()
+            assert left_right[lab == 3].mean() < 0 < left_right[lab == 4].mean()
+    assert both > 0, "no patch held both kidneys: the test proved nothing"
+
+
+def test_every_augmentation_at_once_keeps_labels_on_their_organs():
+    case = _phantom()
+    training = TrainingConfig(augmentation=ALWAYS)
+    sampler = PatchSampler([case], CT_NORM, 32, 3.0, 3, training, np.random.default_rng(2))
+    xs, ys = sampler.sample(16)
+    assert xs.shape == (16, 3, 32, 32, 32) and ys.shape == (16, 1, 32, 32, 32)
+    assert np.isfinite(xs).all()
+    assert set(np.unique(ys)) <= {0, 1, 2, 3, 4}
+    for x, y in zip(xs, ys[:, 0], strict=True):  # right kidney right of the body's centre, left kidney left
+        if (y == 3).any():
+            assert x[1][y == 3].mean() < 0
+        if (y == 4).any():
+            assert x[1][y == 4].mean() > 0
+
+
+def test_slab_patches_blank_everything_outside_the_slab():
+    case = _phantom()
+    training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0,
+                              augmentation=AugmentationConfig(p_slab=1.0, p_spatial=0.0, slab_slices=(6, 6)))
+    x, y = PatchSampler([case], CT_NORM, 32, 3.0, 1, training, np.random.default_rng(4)).sample(4)
+    for image, lab in zip(x[:, 0], y[:, 0], strict=True):
+        varying = [z for z in range(32) if np.ptp(image[z]) > 0 or lab[z].any()]
+        assert len(varying) <= 6
+
+
+def test_mr_patches_are_normalised_as_their_remapped_scan_would_be():
+    """A remapped MR patch gets the values that the foreground normalisation would give the
+    whole scan remapped the same way: what the network sees at inference."""
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.uniform(0, 5, (40, 10, 48)), rng.gamma(4.0, 100.0, (40, 38, 48))], axis=1)
+    case = PreparedCase("mr", "MR", values.astype(np.float32), np.zeros(values.shape, np.uint8))
+    norm = default_norm("MR")
+    sampler = PatchSampler([case], norm, 32, 3.0, 1, TrainingConfig(augmentation=ALWAYS), rng)
+    lo, hi = sampler.ranges[0]
+    u = np.clip((case.values - lo) / (hi - lo), 0, 1)
+    for _ in range(10):
+        remap = GlobalRemap.draw(ALWAYS, rng)
+        remapped = remap(u)
+        whole_scan = norm.apply(remapped * (hi - lo) + lo)
+        patch = sampler._to_network(remapped, remap, sampler.body_samples[0])
+        body = np.s_[:, 12:, :]
+        assert np.abs(patch[body] - whole_scan[body]).mean() < 0.1
