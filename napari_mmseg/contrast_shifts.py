@@ -129,7 +129,7 @@ class ContrastShift:
 
 
 SHIFTS: tuple[ContrastShift, ...] = (
-    ContrastShift("uncontrasted (organ medians liver 55, spleen 45, kidneys 35 HU)", "CT",
+    ContrastShift("uncontrasted (liver 55, spleen 45, kidneys 35 HU)", "CT",
                   lambda v, lab, sp, rng: uncontrasted_ct(v, lab)),
     ContrastShift("HU·0.9 − 40", "CT", lambda v, lab, sp, rng: rescale(v, 0.9, -40.0)),
     ContrastShift("thick slices 9 mm", "CT", lambda v, lab, sp, rng: thick_slices(v, sp, 9.0)),
