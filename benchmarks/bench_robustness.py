@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from validate_weights import held_out_cases, score, totalseg_cases
 
@@ -94,7 +95,10 @@ def load_variants(files: list[Path], fallback_cases: dict[str, list[str]]) -> li
     return list(variants.values())
 
 
-def run_one(variant: Variant, modality: str, kind: str, condition: str, case: str, image, ref, device: str) -> Row:
+def run_one(
+    variant: Variant, modality: str, kind: str, condition: str, case: str, image: sitk.Image, ref: sitk.Image,
+    device: str,
+) -> Row:
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
