@@ -75,7 +75,8 @@ def rescale(values: np.ndarray, scale: float, offset: float) -> np.ndarray:
 
 def bias_field(values: np.ndarray, strength: float, rng: np.random.Generator, order: int = 2) -> np.ndarray:
     """Multiplied by 1 + strength·f, f a random polynomial of the normalised voxel coordinates
-    (total degree ≤ order) scaled to reach ±1: a smooth MR coil shading of ±strength."""
+    (total degree ≤ order) scaled to reach ±1 over the body and clipped to ±1 beyond it: a
+    smooth MR coil shading of ±strength across the anatomy, not only in the corners of air."""
     axes = [np.linspace(-1.0, 1.0, n) for n in values.shape]
     field = np.zeros(values.shape)
     for powers in product(range(order + 1), repeat=3):
@@ -86,11 +87,14 @@ def bias_field(values: np.ndarray, strength: float, rng: np.random.Generator, or
                 shape[axis] = -1
                 term = term * (coords**p).reshape(shape)
             field = field + term
-    field -= field.mean()
-    peak = float(np.abs(field).max())
+    body = body_mask(values)
+    if not body.any():  # a uniform volume: all of it counts
+        body[...] = True
+    field -= field[body].mean()
+    peak = float(np.abs(field[body]).max())
     if peak > 0:
         field /= peak
-    return (values * (1.0 + strength * field)).astype(np.float32)
+    return (values * (1.0 + strength * np.clip(field, -1.0, 1.0))).astype(np.float32)
 
 
 def slice_axis(spacing_zyx: tuple[float, ...]) -> int:
