@@ -11,6 +11,7 @@ from napari_mmseg.contrast_shifts import (
     bias_field,
     gamma,
     invert,
+    rescale,
     thick_slices,
     uncontrasted_ct,
 )
@@ -69,6 +70,10 @@ def test_gamma_keeps_range_and_darkens_or_brightens_midtones():
     dark, bright = gamma(values, 2.0), gamma(values, 0.5)
     assert dark.min() == pytest.approx(10.0) and dark.max() == pytest.approx(110.0)
     assert dark[0, 0, 50] == pytest.approx(35.0) and bright[0, 0, 50] == pytest.approx(10 + 100 * 0.5**0.5)
+
+
+def test_rescale_moves_the_hu_scale():
+    np.testing.assert_allclose(rescale(np.array([100.0, -1000.0]), 0.9, -40.0), [50.0, -940.0])
 
 
 def test_inversion_swaps_bright_and_dark_inside_the_body_only():
