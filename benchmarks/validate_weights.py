@@ -21,7 +21,7 @@ from napari_mmseg.datasets import LabelledCase, label_map_from_names, load_nnune
 from napari_mmseg.inference import InferenceOptions, segment_image
 from napari_mmseg.metrics import dice_scores
 from napari_mmseg.organs import ORGANS
-from napari_mmseg.weights import bundled_weights_dir, load_weights
+from napari_mmseg.weights import LoadedModel, bundled_weights_dir, load_weights
 
 TOTALSEG = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5}
 
@@ -41,10 +41,9 @@ def totalseg_cases(data: Path) -> list[LabelledCase]:
     ]
 
 
-def score(weights: Path, case: LabelledCase) -> list[float]:
-    image, ref = case.load()
-    loaded = load_weights(weights, modality=case.modality)
-    pred = segment_image(image, loaded, case.modality, InferenceOptions(device="cpu")).labels
+def score(loaded: LoadedModel, image: sitk.Image, ref: sitk.Image, modality: str, device: str = "cpu") -> list[float]:
+    """Dice per organ (ORGANS order) of the model's labels against `ref`, on the scan's grid."""
+    pred = segment_image(image, loaded, modality, InferenceOptions(device=device)).labels
     scores = dice_scores(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), image.GetSpacing())
     return [s.dice for s in scores]
 
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             if case.modality not in loaded.meta.modalities:
                 continue
-            dice = score(weights, case)
+            dice = score(loaded, *case.load(), case.modality)
             mean = float(np.nanmean(dice))
             if not case.name.startswith("ts-"):
                 summary.setdefault((weights.stem, case.modality), []).append(dice)

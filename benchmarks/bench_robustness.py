@@ -1,0 +1,259 @@
+"""Robustness benchmark (issue 10): Dice per organ of each variant on its validation cases as
+they are, on the same cases under contrast shifts made here (`napari_mmseg.contrast_shifts`),
+and on TotalSegmentator's example CT and MR.
+
+The shifts are proxies, not real unseen scans: an inverted T2 is not a T1 and a CT with its
+organs darkened is not a non-contrast CT. TotalSegmentator's reference labels were made by a
+model, not by hand. Both say where a model breaks, not what it scores on real scans.
+
+    python benchmarks/bench_robustness.py [--weights FILE ...] [--cases CT=btcv_23,btcv_05 ...]
+        [--data ../shared/data] [--device cpu] [--seed 0] [--out tables.md] [--json numbers.json]
+
+Without --weights, every bundled file (individual-ct and individual-mr as one variant). The
+cases come from the weights' metadata (`validation_dice["cases"]`) when it names them, else
+from --cases; the header says when they were part of the weights' training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from validate_weights import held_out_cases, score, totalseg_cases
+
+from napari_mmseg.contrast_shifts import apply_shift, shifts_for
+from napari_mmseg.datasets import LabelledCase
+from napari_mmseg.organs import MODALITIES, ORGANS
+from napari_mmseg.weights import LoadedModel, bundled_weights_dir, load_weights
+
+# The session-1 hold-out (seeded shuffle, seed 0), used when the weights name no cases.
+DEFAULT_CASES = {"CT": ["btcv_23", "btcv_05"], "MR": ["chaos_05", "chaos_33"]}
+AS_IS = "as is"
+SUMMARY_COLUMNS = ("CT in-domain", "CT shifted", "MR in-domain", "MR shifted", "TS CT", "TS MR")
+
+
+@dataclass
+class Variant:
+    name: str
+    models: dict[str, LoadedModel] = field(default_factory=dict)  # modality → model
+    cases: dict[str, list[str]] = field(default_factory=dict)  # modality → validation case names
+    trained_on_cases: list[str] = field(default_factory=list)  # validation cases it was trained on
+
+
+@dataclass
+class Row:
+    variant: str
+    modality: str
+    kind: str  # "as is", "shifted" or "totalseg"
+    condition: str
+    case: str
+    dice: list[float]  # ORGANS order
+    warnings: list[str]
+    seconds: float
+
+
+def parse_cases(items: list[str]) -> dict[str, list[str]]:
+    cases = {m: list(names) for m, names in DEFAULT_CASES.items()}
+    for item in items:
+        modality, _, names = item.partition("=")
+        if modality.upper() not in MODALITIES or not names:
+            raise SystemExit(f"--cases {item!r}: write MODALITY=case,case (e.g. CT=btcv_23,btcv_05)")
+        cases[modality.upper()] = names.split(",")
+    return cases
+
+
+def load_variants(files: list[Path], fallback_cases: dict[str, list[str]]) -> list[Variant]:
+    """One Variant per network kind and folder: individual-ct and individual-mr become one."""
+    variants: dict[tuple[Path, str], Variant] = {}
+    for path in files:
+        loaded = load_weights(path)
+        meta = loaded.meta
+        key = (path.parent, meta.variant)
+        if key in variants and set(variants[key].models) & set(meta.modalities):
+            key = (path.parent, path.stem)
+        variant = variants.setdefault(key, Variant(key[1]))
+        listed = meta.validation_dice.get("cases", {})
+        trained = set(re.findall(r"[\w-]+", meta.trained_on))
+        for modality in meta.modalities:
+            variant.models[modality] = loaded
+            variant.cases[modality] = list(listed.get(modality) or fallback_cases.get(modality, []))
+            variant.trained_on_cases += [c for c in variant.cases[modality] if c in trained]
+    names = [v.name for v in variants.values()]
+    for (folder, _), v in variants.items():
+        if names.count(v.name) > 1:
+            v.name = f"{v.name} ({folder})"
+    return list(variants.values())
+
+
+def run_one(
+    variant: Variant, modality: str, kind: str, condition: str, case: str, image: sitk.Image, ref: sitk.Image,
+    device: str,
+) -> Row:
+    t = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dice = score(variant.models[modality], image, ref, modality, device)
+    row = Row(variant.name, modality, kind, condition, case, dice,
+              sorted({str(w.message) for w in caught}), round(time.perf_counter() - t, 2))
+    print(f"  {variant.name:<12} {modality} {case:<24} {condition:<30} "
+          f"{np.nanmean(dice):.3f}  {row.seconds:.1f} s{'  (warned)' if row.warnings else ''}",
+          file=sys.stderr, flush=True)
+    return row
+
+
+def run_all(variants: list[Variant], data: Path, device: str, seed: int) -> tuple[list[Row], list[str]]:
+    """Case by case, condition by condition: each scan is read and shifted once for every variant."""
+    wanted = {(m, c) for v in variants for m, names in v.cases.items() for c in names}
+    cases = held_out_cases(data, {m: [c for mm, c in wanted if mm == m] for m in MODALITIES})
+    notes = [f"case {m} {c} not found under {data}: skipped" for m, c in sorted(wanted - {(c.modality, c.name)
+                                                                                       for c in cases})]
+    rows: list[Row] = []
+    for case in cases:
+        users = [v for v in variants if case.name in v.cases.get(case.modality, [])]
+        image, ref = case.load()
+        rows += [run_one(v, case.modality, AS_IS, AS_IS, case.name, image, ref, device) for v in users]
+        for shift in shifts_for(case.modality):
+            shifted = apply_shift(shift, image, ref, seed)
+            rows += [run_one(v, case.modality, "shifted", shift.name, case.name, shifted, ref, device) for v in users]
+    ts: list[LabelledCase] = [c for c in totalseg_cases(data) if c.image.is_file() and c.labels.is_file()]
+    if len(ts) < 2:
+        notes.append(f"TotalSegmentator examples missing under {data}: skipped")
+    for case in ts:
+        image, ref = case.load()
+        condition = f"TotalSegmentator {case.name.removeprefix('ts-')}, labels by a model"
+        rows += [run_one(v, case.modality, "totalseg", condition, case.name, image, ref, device)
+                 for v in variants if case.modality in v.models]
+    return rows, notes
+
+
+def mean_row(rows: list[Row]) -> list[float]:
+    """Dice per organ averaged over the rows' cases (organs absent from both maps left out)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an organ absent from every case
+        return list(np.nanmean(np.array([r.dice for r in rows]), axis=0))
+
+
+def summary(variant: Variant, rows: list[Row]) -> dict[str, float | None]:
+    def mean_of(modality: str, kind: str) -> float | None:
+        groups = {r.condition for r in rows if r.modality == modality and r.kind == kind}
+        means = [np.nanmean(mean_row([r for r in rows if r.modality == modality and r.condition == g]))
+                 for g in sorted(groups)]
+        return float(np.mean(means)) if means else None
+
+    return {
+        "CT in-domain": mean_of("CT", AS_IS), "CT shifted": mean_of("CT", "shifted"),
+        "MR in-domain": mean_of("MR", AS_IS), "MR shifted": mean_of("MR", "shifted"),
+        "TS CT": mean_of("CT", "totalseg"), "TS MR": mean_of("MR", "totalseg"),
+    }
+
+
+def fmt(x: float | None) -> str:
+    return "–" if x is None or np.isnan(x) else f"{x:.3f}"
+
+
+def held_out_note(variant: Variant) -> str:
+    listed = "; ".join(f"{m}: {', '.join(c)}" for m, c in variant.cases.items())
+    if variant.trained_on_cases:
+        return (f"Cases {listed}. **Not held out**: these weights were trained on "
+                f"{', '.join(variant.trained_on_cases)} (`trained_on`), so the \"as is\" rows and their shifts "
+                "are training-set numbers.")
+    return f"Cases {listed}: held out from these weights' training."
+
+
+def variant_table(variant: Variant, rows: list[Row]) -> str:
+    files = ", ".join(sorted({str(m.path) for m in variant.models.values()}))
+    lines = [f"### {variant.name}", "", f"Weights: {files}. {held_out_note(variant)}", "",
+             "| modality | condition | scans | " + " | ".join(o.display_name for o in ORGANS) + " | mean |",
+             "|---|---|---|" + "---|" * (len(ORGANS) + 1)]
+    for modality in variant.models:
+        own = [r for r in rows if r.modality == modality]
+        for condition in dict.fromkeys(r.condition for r in own):
+            group = [r for r in own if r.condition == condition]
+            organ = mean_row(group)
+            cells = " | ".join(fmt(d) for d in organ)
+            lines.append(f"| {modality} | {condition} | {len(group)} | {cells} | {fmt(np.nanmean(organ))} |")
+    s = summary(variant, rows)
+    lines += ["", "Summary (mean Dice): " + ", ".join(f"{k} {fmt(v)}" for k, v in s.items() if v is not None)]
+    warned = {}
+    for r in rows:
+        for w in r.warnings:
+            warned.setdefault(w, []).append(f"{r.modality} {r.case} / {r.condition}")
+    lines += [f"\n`segment_image` warned \"{w}\" on: {'; '.join(where)}" for w, where in warned.items()]
+    return "\n".join(lines)
+
+
+def cross_table(variants: list[Variant], rows: list[Row]) -> str:
+    lines = ["| variant | " + " | ".join(SUMMARY_COLUMNS) + " | cases held out |",
+             "|---|" + "---|" * (len(SUMMARY_COLUMNS) + 1)]
+    for v in variants:
+        s = summary(v, [r for r in rows if r.variant == v.name])
+        lines.append(f"| {v.name} | " + " | ".join(fmt(s[c]) for c in SUMMARY_COLUMNS)
+                     + f" | {'no (trained on)' if v.trained_on_cases else 'yes'} |")
+    return "\n".join(lines)
+
+
+def without_nan(x):
+    """NaN (an organ absent from both maps) as JSON null."""
+    if isinstance(x, dict):
+        return {k: without_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [without_nan(v) for v in x]
+    return None if isinstance(x, float) and np.isnan(x) else x
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", nargs="+", type=Path, help="weights files (default: every bundled one)")
+    parser.add_argument("--cases", action="append", default=[], metavar="MOD=a,b",
+                        help="validation cases when the weights name none (default: the session-1 hold-out)")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (bias field)")
+    parser.add_argument("--out", type=Path, help="write the Markdown tables here")
+    parser.add_argument("--json", type=Path, help="write every number here")
+    args = parser.parse_args(argv)
+    files = args.weights or sorted(bundled_weights_dir().glob("*.safetensors"))
+    if not files:
+        print("no weights files given and none bundled", file=sys.stderr)
+        return 1
+    variants = load_variants(files, parse_cases(args.cases))
+    t0 = time.perf_counter()
+    rows, notes = run_all(variants, args.data, args.device, args.seed)
+    seconds = time.perf_counter() - t0
+    header = (
+        f"## Robustness benchmark\n\n`python benchmarks/bench_robustness.py {' '.join(argv or sys.argv[1:])}` — "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, device {args.device}, "
+        f"cores {len(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()}, seed {args.seed}, "
+        f"{seconds:.0f} s.\n\nShifted rows are the same cases under contrast shifts made here "
+        "(`napari_mmseg.contrast_shifts`): proxies, not real unseen scans. TotalSegmentator rows: its example "
+        "CT and MR, reference labels made by TotalSegmentator (a model, not manual); the MR is not T2. "
+        "Dice per organ averaged over the scans; \"shifted\" in the summaries: the mean over the shifted rows."
+    )
+    text = "\n\n".join([header, *(variant_table(v, [r for r in rows if r.variant == v.name]) for v in variants),
+                        "### All variants (mean Dice)", cross_table(variants, rows), *notes])
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    if args.json:
+        args.json.write_text(json.dumps(without_nan({
+            "organs": [o.name for o in ORGANS], "seed": args.seed, "device": args.device, "seconds": round(seconds, 1),
+            "variants": [{"name": v.name, "files": {m: str(lm.path) for m, lm in v.models.items()},
+                          "cases": v.cases, "trained_on_cases": v.trained_on_cases,
+                          "summary": summary(v, [r for r in rows if r.variant == v.name])} for v in variants],
+            "rows": [asdict(r) for r in rows], "notes": notes,
+        }), indent=1, allow_nan=False), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
