@@ -64,7 +64,9 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
 AIR = 0.05  # the bottom of the unit range stays dark: air is dark in every CT and MR
 
 
-def random_curve(rng: np.random.Generator, points: int, monotone: bool, inverted: bool) -> tuple[np.ndarray, np.ndarray]:
+def random_curve(
+    rng: np.random.Generator, points: int, monotone: bool, inverted: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Control points (x, y) of a piecewise-linear map of [0, 1] onto [0, 1] that keeps air
     at 0 and remaps the body's intensities: increasing, decreasing, or neither."""
     xp = np.concatenate([[0.0, AIR], np.sort(rng.uniform(AIR, 1, points)), [1.0]])
@@ -96,7 +98,9 @@ class GlobalRemap:
             non_monotone = rng.random() < cfg.p_curve_non_monotone
             curve = random_curve(rng, cfg.curve_points, not non_monotone,
                                  (not non_monotone) and rng.random() < cfg.p_curve_inverted)
-        gamma = math.exp(rng.uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1]))) if rng.random() < cfg.p_gamma else None
+        gamma = None
+        if rng.random() < cfg.p_gamma:
+            gamma = math.exp(rng.uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1])))
         return cls(curve, gamma)
 
 

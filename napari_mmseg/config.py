@@ -96,7 +96,7 @@ PRESETS: dict[str, Preset] = {
     # channels and the appearance augmentation: robust to unseen CT phases and MR sequences.
     "light": Preset(
         "light",
-        NetworkConfig(filters=(16, 32, 64, 128, 128), units_per_scale=1, in_channels=3),
+        NetworkConfig(filters=(16, 32, 64, 128, 128), units_per_scale=1),
         TrainingConfig(
             spacing_mm=3.0,
             patch_size=64,

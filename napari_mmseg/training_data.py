@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
 import torch
 import torch.nn.functional as F
 
@@ -195,7 +194,8 @@ class PatchSampler:
             if rng.random() < aug.p_thick_slices:
                 x = thick_slices(x, int(rng.integers(aug.thick_factor[0], aug.thick_factor[1] + 1)))
         x = x[0, 0].numpy()
-        x = x + rng.normal(0, self.noise_sigma, x.shape).astype(np.float32) + np.float32(rng.normal(0, self.offset_sigma))
+        x = x + rng.normal(0, self.noise_sigma, x.shape).astype(np.float32)
+        x += np.float32(rng.normal(0, self.offset_sigma))
         if aug.enabled and rng.random() < aug.p_slab:
             k = int(rng.integers(aug.slab_slices[0], aug.slab_slices[1] + 1))
             z0 = int(rng.integers(0, max(1, p - k + 1)))
