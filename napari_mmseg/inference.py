@@ -18,11 +18,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .confidence import probability_maps
 from .device import mixed_precision, place, resolve_device, tune_cpu
 from .errors import Cancelled
 from .networks import MultiModalFCN
 from .organs import check_modality
 from .preprocessing import IntensityNorm, guess_modality, probabilities_to_native, to_canonical
+from .review import ScanReview, review_image
 from .weights import LoadedModel
 
 ProgressFn = Callable[[float, str], None]
@@ -36,6 +38,7 @@ class InferenceOptions:
     crop_to_body: bool = True
     windows_per_batch: int = 2
     mixed_precision: bool = True  # float16 on CUDA; CPU inference stays float32
+    uncertainty: bool = True  # per-voxel confidence and uncertainty maps (and per-organ confidence)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -48,6 +51,10 @@ class Segmentation:
     device: str
     variant: str
     modality: str
+    review: ScanReview  # volumes, confidence and plausibility flags per organ
+    # on the scan's grid, float32; None with InferenceOptions(uncertainty=False)
+    confidence: sitk.Image | None = None  # largest class probability per voxel
+    uncertainty: sitk.Image | None = None  # normalised entropy per voxel, 0 (sure) to 1
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -171,5 +178,13 @@ def segment_image(
     report(0.95, "resample back")
     native = probabilities_to_native(probs_crop, canonical, image, where=box)
     timings["resample_back"] = time.perf_counter() - t
+    confidence = uncertainty = None
+    if options.uncertainty:
+        t = time.perf_counter()
+        confidence, uncertainty = probability_maps(probs_crop, canonical, image, where=box)
+        timings["uncertainty"] = time.perf_counter() - t
+    t = time.perf_counter()
+    review = review_image(native, confidence)
+    timings["review"] = time.perf_counter() - t
     report(1.0, "done")
-    return Segmentation(native, str(device), meta.variant, modality, timings)
+    return Segmentation(native, str(device), meta.variant, modality, review, confidence, uncertainty, timings)
