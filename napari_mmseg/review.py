@@ -84,6 +84,7 @@ class _Measured:
     volume_ml: float
     centroid_x_mm: float  # physical LPS x: larger is further to the patient's left
     components_ml: tuple[float, ...]  # largest first
+    confidence: float
 
 
 def review_image(labels: sitk.Image, confidence: sitk.Image | None = None,
@@ -97,19 +98,9 @@ def review_image(labels: sitk.Image, confidence: sitk.Image | None = None,
     shapes.Execute(labels)
     present = set(shapes.GetLabels())
     voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0
-    measured = {
-        o.label: _Measured(
-            shapes.GetNumberOfPixels(o.label) * voxel_ml,
-            shapes.GetCentroid(o.label)[0],
-            _components_ml(labels, o.label, shapes.GetBoundingBox(o.label), voxel_ml),
-        )
-        for o in ORGANS if o.label in present
-    }
-    means = {}
-    if confidence is not None and measured:
-        stats = sitk.LabelStatisticsImageFilter()
-        stats.Execute(sitk.Cast(confidence, sitk.sitkFloat32), labels)
-        means = {k: stats.GetMean(k) for k in measured}
+    ids = sitk.GetArrayViewFromImage(labels)
+    values = None if confidence is None else sitk.GetArrayViewFromImage(confidence)
+    measured = {o.label: _measure(ids, values, o.label, shapes, voxel_ml) for o in ORGANS if o.label in present}
     side = _side_flags(measured)
     organs = []
     for o in ORGANS:
@@ -117,18 +108,26 @@ def review_image(labels: sitk.Image, confidence: sitk.Image | None = None,
         large = _large(m.components_ml, m.volume_ml, rules) if m else ()
         flags = (*_volume_flags(o.name, m.volume_ml if m else 0.0, rules), *_component_flags(large, m),
                  *side.get(o.label, ()))
-        organs.append(OrganReview(o.label, o.name, m.volume_ml if m else 0.0, float(means.get(o.label, math.nan)),
+        organs.append(OrganReview(o.label, o.name, m.volume_ml if m else 0.0, m.confidence if m else math.nan,
                                   len(large), flags))
     return ScanReview(tuple(organs))
 
 
-def _components_ml(labels: sitk.Image, label: int, bbox: tuple[int, ...], voxel_ml: float) -> tuple[float, ...]:
-    """Volumes of the organ's connected pieces (26-connected), largest first; only the
-    organ's bounding box is looked at."""
-    box = sitk.RegionOfInterest(labels, bbox[3:], bbox[:3]) == label
-    pieces = sitk.ConnectedComponent(box, True)
+def _measure(ids: np.ndarray, confidence: np.ndarray | None, label: int,
+             shapes: sitk.LabelShapeStatisticsImageFilter, voxel_ml: float) -> _Measured:
+    """One organ, looking only inside its bounding box: its connected pieces (26-connected)
+    and mean confidence (SimpleITK's LabelStatistics took 4.6 s on a 512×512×300 scan)."""
+    x, y, z, nx, ny, nz = shapes.GetBoundingBox(label)
+    box = np.s_[z : z + nz, y : y + ny, x : x + nx]
+    inside = ids[box] == label
+    pieces = sitk.ConnectedComponent(sitk.GetImageFromArray(inside.view(np.uint8)), True)
     counts = np.bincount(sitk.GetArrayViewFromImage(pieces).ravel())[1:]
-    return tuple(float(c) * voxel_ml for c in sorted(counts, reverse=True))
+    return _Measured(
+        shapes.GetNumberOfPixels(label) * voxel_ml,
+        shapes.GetCentroid(label)[0],
+        tuple(float(c) * voxel_ml for c in sorted(counts, reverse=True)),
+        math.nan if confidence is None else float(confidence[box][inside].mean(dtype=np.float64)),
+    )
 
 
 def _large(components_ml: tuple[float, ...], volume_ml: float, rules: ReviewRules) -> tuple[float, ...]:
