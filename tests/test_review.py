@@ -137,3 +137,25 @@ def test_confidence_is_the_mean_inside_each_organ_and_the_report_is_json():
 def test_confidence_on_another_grid_is_refused():
     with pytest.raises(ValueError, match="voxels"):
         review_image(image(anatomy()), image(np.ones((10, 10, 10), np.float32)))
+
+
+def test_a_real_scan_passes_and_its_mirror_image_is_flagged(mr_scan):
+    """CHAOS patient 2 (a training case: a check of the flags, not of accuracy) with the
+    bundled MR network: plausible organs, confident inside. The same voxels with the x axis
+    of the direction negated (a file with wrong orientation metadata) put the liver on the
+    patient's left: the review must say so."""
+    from napari_mmseg.inference import InferenceOptions, segment_image
+    from napari_mmseg.scan_io import read_scan
+    from napari_mmseg.weights import bundled_weights, load_weights
+
+    scan = read_scan(mr_scan)
+    loaded = load_weights(bundled_weights("individual", "MR"))
+    review = segment_image(scan, loaded, "MR", InferenceOptions(device="cpu")).review
+    assert review.flags == ()
+    assert all(o.confidence > 0.9 for o in review.organs)
+    mirrored = sitk.Image(scan)
+    direction = np.reshape(scan.GetDirection(), (3, 3)).copy()
+    direction[0] *= -1  # physical x flipped: left and right swap
+    mirrored.SetDirection(direction.ravel().tolist())
+    flags = segment_image(mirrored, loaded, "MR", InferenceOptions(device="cpu")).review.flags
+    assert any(f.startswith("Liver: lies") and "left of the spleen" in f for f in flags), flags
