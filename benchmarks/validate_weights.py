@@ -44,7 +44,7 @@ def totalseg_cases(data: Path) -> list[LabelledCase]:
 def score(weights: Path, case: LabelledCase) -> list[float]:
     image, ref = case.load()
     loaded = load_weights(weights, modality=case.modality)
-    pred = segment_image(image, loaded, case.modality, InferenceOptions(device="cpu")).labels
+    pred = segment_image(image, loaded, case.modality, InferenceOptions(device="cpu", uncertainty=False)).labels
     scores = dice_scores(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), image.GetSpacing())
     return [s.dice for s in scores]
 

@@ -87,7 +87,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     reports: dict[str, dict] = {}
     weights = Path(args.weights) if args.weights else bundled_weights(args.variant or DEFAULT_VARIANT, modality)
     loaded = load_weights(weights, variant=args.variant, modality=modality)
-    options = InferenceOptions(overlap=args.overlap, device=args.device)
+    # the confidence maps cost time and memory: only when a report asks for the organs' confidence
+    options = InferenceOptions(overlap=args.overlap, device=args.device, uncertainty=report is not None)
     for scan, out in zip(scans, outs, strict=True):
         t0 = time.perf_counter()
         image = read_scan(scan)
