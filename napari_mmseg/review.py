@@ -87,6 +87,9 @@ class _Measured:
     confidence: float
 
 
+_ABSENT = _Measured(0.0, math.nan, (), math.nan)
+
+
 def review_image(labels: sitk.Image, confidence: sitk.Image | None = None,
                  rules: ReviewRules = ReviewRules()) -> ScanReview:
     """Volumes, confidence and flags of the organs in a label image (our ids). `confidence`:
@@ -104,12 +107,11 @@ def review_image(labels: sitk.Image, confidence: sitk.Image | None = None,
     side = _side_flags(measured)
     organs = []
     for o in ORGANS:
-        m = measured.get(o.label)
-        large = _large(m.components_ml, m.volume_ml, rules) if m else ()
-        flags = (*_volume_flags(o.name, m.volume_ml if m else 0.0, rules), *_component_flags(large, m),
+        m = measured.get(o.label, _ABSENT)
+        large = _large(m.components_ml, m.volume_ml, rules)
+        flags = (*_volume_flags(o.name, m.volume_ml, rules), *_component_flags(large, m.volume_ml),
                  *side.get(o.label, ()))
-        organs.append(OrganReview(o.label, o.name, m.volume_ml if m else 0.0, m.confidence if m else math.nan,
-                                  len(large), flags))
+        organs.append(OrganReview(o.label, o.name, m.volume_ml, m.confidence, len(large), flags))
     return ScanReview(tuple(organs))
 
 
@@ -146,11 +148,11 @@ def _volume_flags(name: str, volume_ml: float, rules: ReviewRules) -> tuple[str,
     return ()
 
 
-def _component_flags(large: tuple[float, ...], m: _Measured | None) -> tuple[str, ...]:
+def _component_flags(large: tuple[float, ...], volume_ml: float) -> tuple[str, ...]:
     if len(large) < 2:
         return ()
     return (f"split into {len(large)} large pieces (the second {large[1]:.1f} ml, "
-            f"{100 * large[1] / m.volume_ml:.0f} % of the organ)",)
+            f"{100 * large[1] / volume_ml:.0f} % of the organ)",)
 
 
 def _side_flags(measured: dict[int, _Measured]) -> dict[int, tuple[str, ...]]:
