@@ -91,3 +91,12 @@ def test_segmentation_carries_the_maps_and_the_review(ct_scan, tiny_weights):
     assert bare.confidence is None and bare.uncertainty is None and "uncertainty" not in bare.timings
     assert np.array_equal(sitk.GetArrayViewFromImage(bare.labels), labels)
     assert [o.volume_ml for o in bare.review.organs] == [o.volume_ml for o in result.review.organs]
+
+
+def test_a_sure_network_gives_certain_maps_without_interpolating():
+    scan, grid, probs = scan_and_probabilities()
+    probs[:] = 0.0
+    probs[2] = 1.0  # sure of the spleen everywhere
+    confidence, uncertainty = probability_maps(probs, grid, scan)
+    assert sitk.GetArrayViewFromImage(confidence).min() == 1.0
+    assert sitk.GetArrayViewFromImage(uncertainty).max() == 0.0
