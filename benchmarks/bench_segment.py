@@ -504,7 +504,7 @@ def run_training(args: argparse.Namespace) -> dict:
     norm = fit_normalization("CT", prepared)
     t = time.perf_counter()
     sampler = PatchSampler(
-        prepared, norm, cfg.patch_size, cfg.spacing_mm, loaded.meta.network.in_channels, cfg, np.random.default_rng(0),
+        prepared, norm, cfg.patch_size, cfg, np.random.default_rng(0),
     )
     sampler_init_s = time.perf_counter() - t
 

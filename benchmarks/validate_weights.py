@@ -43,7 +43,7 @@ def totalseg_cases(data: Path) -> list[LabelledCase]:
 
 def score(loaded: LoadedModel, image: sitk.Image, ref: sitk.Image, modality: str, device: str = "cpu") -> list[float]:
     """Dice per organ (ORGANS order) of the model's labels against `ref`, on the scan's grid."""
-    pred = segment_image(image, loaded, modality, InferenceOptions(device=device)).labels
+    pred = segment_image(image, loaded, modality, InferenceOptions(device=device, uncertainty=False)).labels
     scores = dice_scores(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), image.GetSpacing())
     return [s.dice for s in scores]
 

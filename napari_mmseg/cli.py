@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 import warnings
@@ -54,6 +55,23 @@ def _output_paths(scans: list[Path], output: Path, overwrite: bool) -> list[Path
     return outs
 
 
+def _report_path(report: str | None, scans: list[Path], outs: list[Path], overwrite: bool) -> Path | None:
+    if report is None:
+        return None
+    path = Path(report)
+    if any(path.resolve() == p.resolve() for p in (*scans, *outs)):
+        raise ScanError(f"--report {path} is one of the scans or label files; choose another name.")
+    if path.exists() and not overwrite:
+        raise ScanError(f"{path} exists; pass --overwrite to replace it, or choose another --report.")
+    return path
+
+
+def write_report(path: Path, reports: dict[str, dict]) -> None:
+    """The review of every scan so far, keyed by scan path (rewritten after each scan, so an
+    interrupted batch keeps what it did)."""
+    path.write_text(json.dumps(reports, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -65,9 +83,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     modality = check_modality(args.modality)
     scans = _scan_inputs(args.inputs)
     outs = _output_paths(scans, Path(args.output), args.overwrite)
+    report = _report_path(args.report, scans, outs, args.overwrite)
+    reports: dict[str, dict] = {}
     weights = Path(args.weights) if args.weights else bundled_weights(args.variant or DEFAULT_VARIANT, modality)
     loaded = load_weights(weights, variant=args.variant, modality=modality)
-    options = InferenceOptions(overlap=args.overlap, device=args.device)
+    # the confidence maps cost time and memory: only when a report asks for the organs' confidence
+    options = InferenceOptions(overlap=args.overlap, device=args.device, uncertainty=report is not None)
     for scan, out in zip(scans, outs, strict=True):
         t0 = time.perf_counter()
         image = read_scan(scan)
@@ -83,9 +104,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
         for w in caught:
             print(f"warning: {scan.name}: {w.message}", file=sys.stderr)
         write_labels(result.labels, out, image, source=scan)
+        if report is not None:
+            reports[str(scan)] = {"labels": str(out), "variant": loaded.meta.variant, "modality": modality,
+                                  **result.review.to_dict()}
+            write_report(report, reports)
         if not args.quiet:
             print(f"{scan} -> {out} ({loaded.meta.variant}, {modality}, {result.device}, "
                   f"{time.perf_counter() - t0:.1f} s)")
+            for flag in result.review.flags:
+                print(f"  check: {flag}")
     return 0
 
 
@@ -227,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="a weights file instead of the bundled one")
     p.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--report", help="also write each scan's organ volumes, confidence and review flags to this "
+                   "JSON file, keyed by scan path")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)

@@ -82,13 +82,14 @@ def _evaluate(weights: Path, cases: list[LabelledCase], device: str, run_dir: Pa
     the blended statistics a plain shared BN would use (`bn_statistics` tells them apart)."""
     rows = []
     loaded = load_weights(weights)
+    options = InferenceOptions(device=device, uncertainty=False)  # Dice needs only the labels
     for case in cases:
         image, ref = case.load()
         ref_arr = sitk.GetArrayFromImage(ref)
         modes = ("per-modality", "blended") if loaded.meta.variant in DUAL_STREAM else ("shared",)
         for mode in modes:
             use_blended_statistics(loaded.model, mode == "blended")
-            pred = segment_image(image, loaded, case.modality, InferenceOptions(device=device)).labels
+            pred = segment_image(image, loaded, case.modality, options).labels
             pred_arr = sitk.GetArrayFromImage(pred)
             for s in dice_scores(pred_arr, ref_arr, image.GetSpacing()):
                 rows.append({"case": case.name, "modality": case.modality, "organ": s.organ, "dice": s.dice,

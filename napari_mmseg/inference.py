@@ -18,18 +18,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .confidence import probability_maps
 from .device import mixed_precision, place, resolve_device, tune_cpu
 from .errors import Cancelled
 from .networks import MultiModalFCN
 from .organs import check_modality
-from .preprocessing import (
-    IntensityNorm,
-    body_mask,
-    guess_modality,
-    network_input,
-    probabilities_to_native,
-    to_canonical,
-)
+from .preprocessing import IntensityNorm, body_mask, guess_modality, probabilities_to_native, to_canonical
+from .review import ScanReview, review_image
 from .weights import LoadedModel
 
 ProgressFn = Callable[[float, str], None]
@@ -43,6 +38,7 @@ class InferenceOptions:
     crop_to_body: bool = True
     windows_per_batch: int = 2
     mixed_precision: bool = True  # float16 on CUDA; CPU inference stays float32
+    uncertainty: bool = True  # per-voxel confidence and uncertainty maps (and per-organ confidence)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -55,6 +51,10 @@ class Segmentation:
     device: str
     variant: str
     modality: str
+    review: ScanReview  # volumes, confidence and plausibility flags per organ
+    # on the scan's grid, float32; None with InferenceOptions(uncertainty=False)
+    confidence: sitk.Image | None = None  # largest class probability per voxel
+    uncertainty: sitk.Image | None = None  # normalised entropy per voxel, 0 (sure) to 1
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -81,7 +81,6 @@ def predict_probabilities(
     volume: np.ndarray,
     modality: str,
     patch: int,
-    spacing_mm: float,
     device: torch.device,
     options: InferenceOptions = InferenceOptions(),
     progress: ProgressFn | None = None,
@@ -89,11 +88,9 @@ def predict_probabilities(
     timings: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Class probabilities (float32, classes × z × y × x) for a normalised volume on the
-    model's grid (padded and given coordinate channels as the network expects): softmax of
-    overlapping windows, averaged with Gaussian weights."""
+    model's grid: softmax of overlapping windows, averaged with Gaussian weights."""
     from monai.inferers import sliding_window_inference  # slow to import: only when needed
-    channels, where = network_input(volume, model.config.in_channels, spacing_mm, patch)
-    n_windows = window_count(channels.shape[1:], patch, options.overlap)
+    n_windows = window_count(volume.shape, patch, options.overlap)
     done = 0
     network_s = 0.0
     autocast = mixed_precision(device, training=False) if options.mixed_precision else nullcontext()
@@ -114,7 +111,7 @@ def predict_probabilities(
         return out
 
     place(model, device).eval()
-    x = torch.from_numpy(np.ascontiguousarray(channels, dtype=np.float32))[None].to(device)
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None].to(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         probs = sliding_window_inference(
@@ -122,8 +119,6 @@ def predict_probabilities(
             mode="gaussian", padding_mode="constant", cval=float(volume.min()),
         )
         probs = probs[0].float().cpu().numpy()
-    if any(s.stop - s.start != n for s, n in zip(where, channels.shape[1:], strict=True)):
-        probs = np.ascontiguousarray(probs[(slice(None), *where)])
     if timings is not None:
         timings["network"] = timings.get("network", 0.0) + network_s
         timings["stitching"] = timings.get("stitching", 0.0) + time.perf_counter() - t0 - network_s
@@ -172,12 +167,20 @@ def segment_image(
     timings["normalise"] = time.perf_counter() - t
 
     probs_crop = predict_probabilities(
-        loaded.model, volume, modality, meta.patch_size, meta.spacing_mm, device, options,
+        loaded.model, volume, modality, meta.patch_size, device, options,
         progress=lambda f, s: report(round(0.05 + 0.9 * f, 6), s), cancel=cancel, timings=timings,
     )
     t = time.perf_counter()
     report(0.95, "resample back")
     native = probabilities_to_native(probs_crop, canonical, image, where=box)
     timings["resample_back"] = time.perf_counter() - t
+    confidence = uncertainty = None
+    if options.uncertainty:
+        t = time.perf_counter()
+        confidence, uncertainty = probability_maps(probs_crop, canonical, image, where=box)
+        timings["uncertainty"] = time.perf_counter() - t
+    t = time.perf_counter()
+    review = review_image(native, confidence)
+    timings["review"] = time.perf_counter() - t
     report(1.0, "done")
-    return Segmentation(native, str(device), meta.variant, modality, timings)
+    return Segmentation(native, str(device), meta.variant, modality, review, confidence, uncertainty, timings)

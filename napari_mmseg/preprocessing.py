@@ -10,6 +10,7 @@ patient's right. One resample does both the reorientation and the change of spac
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -100,54 +101,6 @@ def body_mask(values: np.ndarray) -> np.ndarray:
     lo = float(values.min())
     mask = values > lo + 0.1 * (top - lo)
     return mask if mask.any() else np.ones(values.shape, bool)
-
-
-# Coordinate channels: position across the body (patient left-right and front-back) in
-# units of this many mm from the body's centre; tells left from right and spleen from liver
-# where a patch alone cannot. Along the body axis nothing: a slab has no reliable z origin.
-COORDINATE_SCALE_MM = 150.0
-
-
-def body_centre(values: np.ndarray) -> tuple[float, float]:
-    """(y, x) index of the body's centre of mass in the axial plane, on the canonical grid."""
-    mask = body_mask(values)
-    ys = mask.any(axis=(0, 2)).nonzero()[0]
-    xs = mask.any(axis=(0, 1)).nonzero()[0]
-    weights_y = mask.sum(axis=(0, 2))[ys].astype(np.float64)
-    weights_x = mask.sum(axis=(0, 1))[xs].astype(np.float64)
-    return float((ys * weights_y).sum() / weights_y.sum()), float((xs * weights_x).sum() / weights_x.sum())
-
-
-def coordinate_channels(shape: tuple[int, int, int], centre: tuple[float, float], spacing_mm: float,
-                        start: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """(2, z, y, x) float32: left-right then front-back position of each voxel relative to
-    the body centre, for an array whose (y, x) index 0 lies at `start` of the grid."""
-    scale = spacing_mm / COORDINATE_SCALE_MM
-    y = (np.arange(shape[1], dtype=np.float32) + start[0] - centre[0]) * scale
-    x = (np.arange(shape[2], dtype=np.float32) + start[1] - centre[1]) * scale
-    out = np.empty((2, *shape), np.float32)
-    out[0] = x[None, None, :]
-    out[1] = y[None, :, None]
-    return out
-
-
-def network_input(volume: np.ndarray, in_channels: int, spacing_mm: float,
-                  min_size: int) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """(C, z, y, x) input for a normalised volume: padded with its minimum to at least
-    `min_size` voxels per axis (a 20-slice slab), coordinate channels appended when the
-    network takes them. Returns the array and where the volume lies in it."""
-    pad = [(max(0, min_size - n) // 2, max(0, min_size - n) - max(0, min_size - n) // 2) for n in volume.shape]
-    where = tuple(slice(b, b + n) for (b, _), n in zip(pad, volume.shape, strict=True))
-    if any(b or a for b, a in pad):
-        volume = np.pad(volume, pad, constant_values=float(volume.min()))
-    if in_channels == 1:
-        return volume[None], where
-    if in_channels != 3:
-        raise ValueError(f"networks take 1 channel or 1 + 2 coordinate channels, not {in_channels}")
-    out = np.empty((3, *volume.shape), np.float32)
-    out[0] = volume
-    out[1:] = coordinate_channels(volume.shape, body_centre(volume), spacing_mm)
-    return out, where
 
 
 def guess_modality(values: np.ndarray) -> str:
@@ -309,6 +262,22 @@ def _cells_on_aligned_native(cells: np.ndarray, native_to_grid: np.ndarray, offs
     return np.ascontiguousarray(out.transpose([2 - grid_axis[2 - k] for k in range(3)]))
 
 
+def _band_values(channels: np.ndarray, box_shape: tuple[int, ...], band: np.ndarray, region: tuple[slice, ...],
+                 to_grid: tuple[np.ndarray, np.ndarray], grid_shape: tuple[int, ...],
+                 where: tuple[slice, ...]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(piece of `band`, (C, N) values there) for the flat `band` indices of the scan's
+    `region` box (of `box_shape`): `_interpolate` of the canonical grid's `channels` on
+    `where` (`to_grid`: `_index_map(native, grid)`).
+
+    In pieces: a dozen temporaries per voxel, which for a whole 2-million-voxel band were
+    0.4 GB of fresh memory, each page faulted in (0.3-0.5 s on this project's VM)."""
+    matrix, offset = (a.astype(np.float32) for a in to_grid)
+    for part in np.split(band, range(BAND_PIECE, band.size, BAND_PIECE)) if band.size else ():
+        zyx_in_box = np.unravel_index(part, box_shape)
+        xyz = np.stack([zyx_in_box[2 - a].astype(np.float32) + region[2 - a].start for a in range(3)])
+        yield part, _interpolate(channels, matrix @ xyz + offset[:, None], grid_shape, where)
+
+
 def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Image,
                             where: tuple[slice, ...] | None = None) -> sitk.Image:
     """Labels on the scan's own grid from class probabilities on the canonical grid, or on
@@ -334,13 +303,7 @@ def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Im
         to_grid = _index_map(native, grid)
         box = _cells_on_native(cells, grid, native, region, to_grid)
         band = np.flatnonzero(box == MIXED)  # the native voxels to interpolate
-        matrix, offset = (a.astype(np.float32) for a in to_grid)
-        # In pieces: a dozen temporaries per voxel, which for a whole 2-million-voxel band
-        # were 0.4 GB of fresh memory, each page faulted in (0.3-0.5 s on this project's VM)
-        for part in np.split(band, range(BAND_PIECE, band.size, BAND_PIECE)) if band.size else ():
-            zyx_in_box = np.unravel_index(part, box.shape)
-            xyz = np.stack([zyx_in_box[2 - a].astype(np.float32) + region[2 - a].start for a in range(3)])
-            organ = _interpolate(probs[1:], matrix @ xyz + offset[:, None], grid_shape, where)
+        for part, organ in _band_values(probs[1:], box.shape, band, region, to_grid, grid_shape, where):
             # background is what the organs leave (interpolation keeps sums); it wins ties
             best = _argmax(organ)
             box.ravel()[part] = np.where(1.0 - organ.sum(axis=0) >= organ.max(axis=0), 0, best + 1)
@@ -348,3 +311,25 @@ def probabilities_to_native(probs: np.ndarray, grid: sitk.Image, native: sitk.Im
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(native)
     return out
+
+
+def values_to_native(values: np.ndarray, grid: sitk.Image, native: sitk.Image, where: tuple[slice, ...],
+                     near: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Maps on the canonical grid's box `where` (C × z × y × x, zero beyond it) linearly
+    interpolated at the scan's voxels whose cell has a corner where `near` (z × y × x on the
+    box) holds, as `probabilities_to_native` interpolates its border band: in pieces of
+    (flat indices into the scan's z × y × x array, C × N values). Other voxels are left to
+    the caller: interpolating all 78 million of a 512×512×300 scan takes SimpleITK 1.2 s a map."""
+    grid_shape = tuple(reversed(grid.GetSize()))
+    marks = np.zeros(grid_shape, np.uint8)
+    marks[where] = near
+    cells = _cell_labels(marks)
+    region = _native_region(cells, *_index_map(grid, native), native.GetSize())
+    if not all(r.stop > r.start for r in region):
+        return
+    to_grid = _index_map(native, grid)
+    box = _cells_on_native(cells, grid, native, region, to_grid)
+    native_shape = tuple(reversed(native.GetSize()))
+    for part, inside in _band_values(values, box.shape, np.flatnonzero(box), region, to_grid, grid_shape, where):
+        zyx = np.unravel_index(part, box.shape)
+        yield np.ravel_multi_index(tuple(i + r.start for i, r in zip(zyx, region, strict=True)), native_shape), inside

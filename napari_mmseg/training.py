@@ -92,7 +92,7 @@ def validate(
     for modality, prepared in cases.items():
         per_organ: dict[str, list[float]] = {}
         for case in prepared:
-            probs = predict_probabilities(model, case.image(norms[modality]), modality, patch, spacing, device)
+            probs = predict_probabilities(model, case.image(norms[modality]), modality, patch, device)
             pred = probs.argmax(axis=0).astype(np.uint8)
             for s in dice_scores(pred, case.labels, (spacing,) * 3):
                 per_organ.setdefault(s.organ, []).append(s.dice)
@@ -138,7 +138,7 @@ def train(
             raise ValueError(f"No {m} training cases: variant {run.variant} needs them.")
     norms = {m: fit_normalization(m, prepared[m]) for m in run.modalities}
     samplers = {
-        m: PatchSampler(prepared[m], norms[m], cfg.patch_size, cfg.spacing_mm, run.preset.network.in_channels, cfg, rng)
+        m: PatchSampler(prepared[m], norms[m], cfg.patch_size, cfg, rng)
         for m in run.modalities
     }
     if rank == 0:

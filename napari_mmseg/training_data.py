@@ -22,7 +22,7 @@ from .config import TrainingConfig
 from .datasets import LabelledCase
 from .inference import body_box
 from .organs import NUM_CLASSES
-from .preprocessing import COORDINATE_SCALE_MM, IntensityNorm, body_centre, body_mask, default_norm, to_canonical
+from .preprocessing import IntensityNorm, body_mask, default_norm, to_canonical
 
 CACHE_VERSION = 3
 SAMPLES_PER_CLASS = 20_000
@@ -80,20 +80,17 @@ class PatchSampler:
     (background included), shifted at random; then the appearance and spatial
     augmentation of `augmentation.py`, Gaussian noise and an intensity offset.
 
-    Patches are normalised here, per patch, exactly as `norm` would normalise a whole scan
-    of the patch's (augmented) appearance; coordinate channels are added when
-    `in_channels` is 3."""
+    Patches are normalised here, per patch, as `norm` would normalise a whole scan of the
+    patch's (augmented) appearance."""
 
     def __init__(
-        self, cases: list[PreparedCase], norm: IntensityNorm, patch: int, spacing_mm: float,
-        in_channels: int, training: TrainingConfig, rng: np.random.Generator,
+        self, cases: list[PreparedCase], norm: IntensityNorm, patch: int, training: TrainingConfig,
+        rng: np.random.Generator,
     ) -> None:
         self.cases, self.norm, self.patch, self.rng = cases, norm, patch, rng
-        self.spacing_mm, self.in_channels = spacing_mm, in_channels
         self.noise_sigma, self.offset_sigma = training.noise_sigma, training.offset_sigma
         self.aug = training.augmentation
         self.coords = [self._class_coords(c.labels) for c in cases]
-        self.centres = [body_centre(c.values) for c in cases]
         self.ranges = [self._unit_range(c.values) for c in cases]
         self.body_samples = [self._body_sample(c.values, r) for c, r in zip(cases, self.ranges, strict=True)]
 
@@ -163,15 +160,9 @@ class PatchSampler:
             raw = F.grid_sample(raw_t, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0].numpy()
             lab = F.grid_sample(lab_t, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0]
             lab = lab.numpy().astype(np.uint8)
-            # grid (x, y) in [-1, 1] of the crop → grid voxels (align_corners=False)
-            n = p + 2 * margin
-            gx = (grid[0, ..., 0].numpy() + 1) * n / 2 - 0.5 + crop_start[2]
-            gy = (grid[0, ..., 1].numpy() + 1) * n / 2 - 0.5 + crop_start[1]
         else:
             raw = self._crop(case.values, start, p, fill)
             lab = self._crop(case.labels, start, p, 0)
-            gx = np.broadcast_to(np.arange(p, dtype=np.float32)[None, None, :] + start[2], (p, p, p))
-            gy = np.broadcast_to(np.arange(p, dtype=np.float32)[None, :, None] + start[1], (p, p, p))
 
         lo, hi = self.ranges[i]
         values = raw
@@ -204,17 +195,12 @@ class PatchSampler:
             x[outside] = x[~outside].min()
             lab = lab.copy()
             lab[outside] = 0
-        channels = [x]
-        if self.in_channels == 3:
-            scale = self.spacing_mm / COORDINATE_SCALE_MM
-            cy, cx = self.centres[i]
-            channels += [(gx - cx) * scale, (gy - cy) * scale]
-        return np.stack(channels).astype(np.float32, copy=False), lab
+        return x.astype(np.float32, copy=False), lab
 
     def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         p = self.patch
-        xs = np.empty((batch, self.in_channels, p, p, p), np.float32)
+        xs = np.empty((batch, 1, p, p, p), np.float32)
         ys = np.empty((batch, 1, p, p, p), np.int64)
         for b in range(batch):
-            xs[b], ys[b, 0] = self._one(int(self.rng.integers(len(self.cases))))
+            xs[b, 0], ys[b, 0] = self._one(int(self.rng.integers(len(self.cases))))
         return xs, ys

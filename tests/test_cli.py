@@ -136,3 +136,27 @@ def test_default_variant_is_the_bundled_default(capsys, tmp_path, ct_scan):
     assert code == 0, err
     assert f"({DEFAULT_VARIANT}, CT, cpu" in stdout
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(out))).max() > 0
+
+
+def test_report_lists_volumes_confidence_and_flags_per_scan(capsys, tmp_path, ct_scan):
+    """The bundled CT network misses the non-contrast kidneys of this scan (model card): the
+    report and the printed checks must say so, with volumes that match the written labels."""
+    import json
+
+    out, report = tmp_path / "labels.nii.gz", tmp_path / "report.json"
+    args = ("segment", ct_scan, "-o", out, "--modality", "CT", "--device", "cpu", "--report", report)
+    code, stdout, err = run(capsys, *args)
+    assert code == 0, err
+    entry = json.loads(report.read_text())[str(ct_scan)]
+    assert entry["labels"] == str(out) and entry["modality"] == "CT"
+    labels = sitk.ReadImage(str(out))
+    counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel(), minlength=5)
+    voxel_ml = float(np.prod(labels.GetSpacing())) / 1000
+    for name, organ in entry["organs"].items():
+        assert organ["volume_ml"] == pytest.approx(counts[organ["label"]] * voxel_ml, abs=0.05), name
+    assert entry["organs"]["liver"]["confidence"] > 0.8 and entry["organs"]["liver"]["flags"] == []
+    assert entry["organs"]["kidney_right"]["flags"] and any(f.startswith("Right kidney: ") for f in entry["flags"])
+    assert "check: Right kidney: " in stdout
+    code, _, err = run(capsys, "segment", ct_scan, "-o", tmp_path / "again.nii.gz", "--modality", "CT",
+                       "--report", report)
+    assert code == 1 and "report.json exists; pass --overwrite" in err

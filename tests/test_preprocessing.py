@@ -69,20 +69,13 @@ def test_foreground_norm_ignores_scale_offset_and_the_air_around_the_body():
     assert abs(float(a[:, 4:].mean())) < 0.05, "the body is z-scored, not body and air together"
 
 
-def test_network_input_pads_a_thin_slab_and_adds_coordinates():
-    """A 20-slice MR slab reaches the network padded to the patch, with coordinates that
-    run to the patient's left (+x on the canonical grid) from the body's centre."""
-    volume = default_norm("MR").apply(_mr_like(np.random.default_rng(1), 0, slices=7))
-    channels, where = preprocessing.network_input(volume, 3, 3.0, 16)
-    assert channels.shape == (3, 16, 30, 30)
-    assert np.array_equal(channels[0][where], volume)
-    assert channels[0, 0].max() == volume.min(), "padding is the volume's own minimum"
-    left_right, front_back = channels[1], channels[2]
-    assert np.all(np.diff(left_right, axis=2) > 0) and np.all(np.diff(front_back, axis=1) > 0)
-    assert abs(float(left_right[0, 0].mean())) < 0.05, "0 at the body's centre"
-    assert np.isclose(left_right[0, 0, 1] - left_right[0, 0, 0], 3.0 / preprocessing.COORDINATE_SCALE_MM)
-    single, _ = preprocessing.network_input(volume, 1, 3.0, 4)
-    assert single.shape == (1, *volume.shape)
+def test_a_thin_slab_is_segmented_on_its_own_grid(tiny_weights):
+    """A 7-slice MR slab (fewer slices than a window) comes back labelled, slice for slice."""
+    values = _mr_like(np.random.default_rng(1), 6, slices=7).astype(np.float32)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((1.5, 1.5, 3.0))
+    labels = segment_image(image, load_weights(tiny_weights), "MR", InferenceOptions(device="cpu")).labels
+    assert labels.GetSize() == image.GetSize() and labels.GetSpacing() == image.GetSpacing()
 
 
 @pytest.mark.parametrize("scan_fixture, modality", [("ct_scan", "CT"), ("mr_scan", "MR")])

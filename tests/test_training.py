@@ -50,7 +50,7 @@ def test_sampler_balances_classes_and_never_flips():
     case = PreparedCase("toy", "CT", labels.astype(np.float32) * 100 - 100, labels)
     norm = IntensityNorm("window", window=(-100.0, 300.0), mean=-100.0, std=100.0)
     training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0)  # the paper's: no appearance augmentation
-    sampler = PatchSampler([case], norm, 16, 4.0, 1, training, rng)
+    sampler = PatchSampler([case], norm, 16, training, rng)
     xs, ys = sampler.sample(200)
     assert xs.shape == (200, 1, 16, 16, 16)
     assert ((ys == 3).any(axis=(1, 2, 3, 4))).mean() > 0.2, "rare organs are sampled as often as others"
