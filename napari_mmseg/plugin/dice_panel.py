@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, Table
 from napari.layers import Labels
-from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QStyledItemDelegate
+from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QSizePolicy, QStyledItemDelegate
 
 from ..metrics import OrganScore, dice_scores, mean_dice
 from ..organs import ORGAN_BY_NAME
@@ -62,6 +62,7 @@ class DicePanel(Container):
         for widget in (self._table, self._message):
             widget.label = ""  # no caption beside them
         self._message.native.setWordWrap(True)
+        self._message.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)  # full width
         self._export = PushButton(name="export", text="Export CSV…")
         self.extend([
             self._prediction, self._reference, self._convention, self._mapping, self._table, self._message,

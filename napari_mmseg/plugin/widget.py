@@ -23,6 +23,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QSizePolicy
 
 from ..display_geometry import DisplayGeometry, image_from_layer
 from ..errors import Cancelled, MmsegError
@@ -141,6 +142,7 @@ class SegmentationWidget(Container):
         for text in texts:
             text.label = ""  # lines of text: no caption beside them
             text.native.setWordWrap(True)
+            text.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)  # full width
         for warning in (self._modality_warning, self._flags):
             warning.native.setStyleSheet(WARNING_STYLE)
             warning.visible = False
@@ -394,7 +396,10 @@ class SegmentationWidget(Container):
         if previous is not None:
             previous.data = data
             return
-        self._viewer.add_image(data, **kwargs)
+        added = self._viewer.add_image(data, **kwargs)
+        layers = self._viewer.layers
+        layers.move(layers.index(added), layers.index(layer))  # below its result: outlines show above it
+        layers.selection.active = layer  # the layer to review and paint stays selected
 
     def _on_errored(self, error: Exception) -> None:
         if self._closed:
