@@ -3,7 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/img/screenshots.py [NAME ...] [--out DIR]
 
 NAME is any of the pictures below (default: all). Uses the embedded samples and the bundled
-v4 weights on the CPU: a few minutes on two cores. Each picture's caption in
+v4 weights on the CPU: a few minutes on two cores. napari loads the plugin that `import
+napari_mmseg` finds: the installed one, or the checkout given first in PYTHONPATH. Each picture's caption in
 docs/user-guide.md says what it shows; the script prints the numbers it saw (flags, Dice).
 """
 
@@ -26,7 +27,7 @@ from napari_mmseg.plugin.widget import SegmentationWidget
 
 HERE = Path(__file__).parent
 WINDOW = (1500, 940)
-LIVER = ORGAN_BY_NAME["liver"].label
+KIDNEY_RIGHT = ORGAN_BY_NAME["kidney_right"].label
 
 
 def settle(seconds: float = 1.0) -> None:
@@ -128,22 +129,23 @@ def uncertainty(out: Path) -> None:
 
 
 def annotator_dice(out: Path) -> None:
-    """A correction on the CT result: the liver the reference has and the result missed, on
-    the slice shown, painted in as one stroke would; the Dice panel follows."""
+    """A correction on the CT result: the right kidney the reference has and the result
+    missed, on the slice shown and its two neighbours, painted in as three strokes would; the
+    Dice panel follows."""
     viewer, reference, z = start("ct", "example_ct", "TotalSegmentator")
     result = run(viewer, "CT")
     _, dice = panels(viewer)
-    before = dice.scores[0].dice
-    missed = (to_our_ids(np.asarray(reference.data[z]), CONVENTIONS["TotalSegmentator"]) == LIVER) & (
-        np.asarray(result.data[z]) != LIVER
-    )
-    rows, cols = np.nonzero(missed)
-    result.data_setitem((np.full_like(rows, z), rows, cols), LIVER)
+    before = dice.scores[KIDNEY_RIGHT - 1].dice
+    slices = slice(z - 1, z + 2)
+    ours = to_our_ids(np.asarray(reference.data[slices]), CONVENTIONS["TotalSegmentator"])
+    planes, rows, cols = np.nonzero((ours == KIDNEY_RIGHT) & (np.asarray(result.data[slices]) != KIDNEY_RIGHT))
+    result.data_setitem((planes + z - 1, rows, cols), KIDNEY_RIGHT)
     result.mode = "paint"
-    result.selected_label = LIVER
+    result.selected_label = KIDNEY_RIGHT
     reference.visible = False
     settle(1.5)
-    print(f"liver Dice {before:.3f} → {dice.scores[0].dice:.3f} after painting {rows.size} voxels on slice {z}")
+    print(f"right kidney Dice {before:.3f} → {dice.scores[KIDNEY_RIGHT - 1].dice:.3f} after painting "
+          f"{rows.size} voxels on slices {z - 1}–{z + 1}")
     save(viewer, out / "annotator-dice.png")
     viewer.close()
 
