@@ -51,13 +51,17 @@ def panels(viewer) -> tuple[SegmentationWidget, DicePanel]:
             next(w for w in docked if isinstance(w, DicePanel)))
 
 
-def start(sample: str, scan: str, convention: str):
+SAMPLES = {"ct": ("example_ct", "TotalSegmentator"), "mr_t2": ("chaos_t2_patient_2", "CHAOS")}
+
+
+def start(sample: str):
     """The `mmseg-napari` window on a sample, at the axial slice with most kidney."""
+    scan, convention = SAMPLES[sample]
     viewer = open_viewer(sample)
     viewer.window._qt_window.resize(*WINDOW)
     reference = viewer.layers[f"{scan} reference ({convention})"]
     ours = to_our_ids(np.asarray(reference.data), CONVENTIONS[convention])
-    kidney = (ours == ORGAN_BY_NAME["kidney_right"].label) | (ours == ORGAN_BY_NAME["kidney_left"].label)
+    kidney = (ours == KIDNEY_RIGHT) | (ours == ORGAN_BY_NAME["kidney_left"].label)
     z = int(np.argmax(kidney.sum(axis=(1, 2))))
     viewer.dims.set_point(0, viewer.layers[scan].data_to_world((z, 0, 0))[0])
     viewer.reset_view()
@@ -80,60 +84,41 @@ def run(viewer, modality: str, variant: str = "v4"):
     print(widget.flags or "no flags")
     if not widget.status.startswith("Done"):
         raise SystemExit(f"the run did not finish: {widget.status}")
-    return viewer.layers[-2] if viewer.layers[-1].name.endswith(" uncertainty") else viewer.layers[-1]
+    return viewer.layers[f"{widget['scan'].value.name} {variant}"]
 
 
-def start_ct(out: Path) -> None:
+def as_opened(out: Path) -> None:
     """`mmseg-napari` as it opens: the CT sample and its reference, ready to run."""
-    viewer, _, _ = start("ct", "example_ct", "TotalSegmentator")
+    viewer, _, _ = start("ct")
     save(viewer, out / "start.png")
     viewer.close()
 
 
-def ct_review(out: Path) -> None:
-    """v4 on the CT sample: organs, their volumes and confidence, any flags."""
-    viewer, reference, _ = start("ct", "example_ct", "TotalSegmentator")
-    reference.visible = False
-    run(viewer, "CT")
-    save(viewer, out / "ct-review.png")
-    viewer.close()
+def after_a_run(name: str, sample: str, modality: str, then: Callable[..., None] | None = None):
+    """A picture of a v4 run on a sample (reference hidden), after `then(viewer, result,
+    reference, z)` if given."""
+
+    def take(out: Path) -> None:
+        viewer, reference, z = start(sample)
+        reference.visible = False
+        result = run(viewer, modality)
+        if then is not None:
+            then(viewer, result, reference, z)
+        save(viewer, out / f"{name}.png")
+        viewer.close()
+
+    return take
 
 
-def mr_review(out: Path) -> None:
-    """v4 on the CHAOS T2-SPIR sample."""
-    viewer, reference, _ = start("mr_t2", "chaos_t2_patient_2", "CHAOS")
-    reference.visible = False
-    run(viewer, "MR")
-    save(viewer, out / "mr-review.png")
-    viewer.close()
-
-
-def wrong_modality(out: Path) -> None:
-    """The T2 MR sample run as CT: the widget warns before the run, and flags the result."""
-    viewer, reference, _ = start("mr_t2", "chaos_t2_patient_2", "CHAOS")
-    reference.visible = False
-    run(viewer, "CT")
-    save(viewer, out / "wrong-modality.png")
-    viewer.close()
-
-
-def uncertainty(out: Path) -> None:
-    """The uncertainty layer of the CT result shown, the organs as outlines above it."""
-    viewer, reference, _ = start("ct", "example_ct", "TotalSegmentator")
-    reference.visible = False
-    result = run(viewer, "CT")
+def show_uncertainty(viewer, result, _reference, _z) -> None:
+    """The uncertainty layer shown, the organs as outlines above it."""
     result.contour = 1
     viewer.layers[f"{result.name} uncertainty"].visible = True
-    save(viewer, out / "uncertainty.png")
-    viewer.close()
 
 
-def annotator_dice(out: Path) -> None:
-    """A correction on the CT result: the right kidney the reference has and the result
-    missed, on the slice shown and its two neighbours, painted in as three strokes would; the
-    Dice panel follows."""
-    viewer, reference, z = start("ct", "example_ct", "TotalSegmentator")
-    result = run(viewer, "CT")
+def paint_missed_kidney(viewer, result, reference, z) -> None:
+    """The right kidney the reference has and the result missed, on the slice shown and its
+    two neighbours, painted in as three strokes would; the Dice panel follows."""
     _, dice = panels(viewer)
     before = dice.scores[KIDNEY_RIGHT - 1].dice
     slices = slice(z - 1, z + 2)
@@ -142,17 +127,18 @@ def annotator_dice(out: Path) -> None:
     result.data_setitem((planes + z - 1, rows, cols), KIDNEY_RIGHT)
     result.mode = "paint"
     result.selected_label = KIDNEY_RIGHT
-    reference.visible = False
     settle(1.5)
     print(f"right kidney Dice {before:.3f} → {dice.scores[KIDNEY_RIGHT - 1].dice:.3f} after painting "
           f"{rows.size} voxels on slices {z - 1}–{z + 1}")
-    save(viewer, out / "annotator-dice.png")
-    viewer.close()
 
 
 PICTURES: dict[str, Callable[[Path], None]] = {
-    "start": start_ct, "ct-review": ct_review, "mr-review": mr_review, "wrong-modality": wrong_modality,
-    "uncertainty": uncertainty, "annotator-dice": annotator_dice,
+    "start": as_opened,
+    "ct-review": after_a_run("ct-review", "ct", "CT"),
+    "mr-review": after_a_run("mr-review", "mr_t2", "MR"),
+    "wrong-modality": after_a_run("wrong-modality", "mr_t2", "CT"),  # warned before, flagged after
+    "uncertainty": after_a_run("uncertainty", "ct", "CT", show_uncertainty),
+    "annotator-dice": after_a_run("annotator-dice", "ct", "CT", paint_missed_kidney),
 }
 
 
