@@ -15,7 +15,7 @@ from napari_mmseg.device import available_devices
 from napari_mmseg.organs import ORGANS
 from napari_mmseg.plugin.dice_panel import DicePanel
 from napari_mmseg.plugin.layers import GEOMETRY, MODEL
-from napari_mmseg.plugin.review import UNCERTAINTY, flag_lines
+from napari_mmseg.plugin.review import UNCERTAINTY, confidence_text, flag_lines
 from napari_mmseg.plugin.widget import WEIGHTS_FILE, SegmentationWidget
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("review_core")]
@@ -89,9 +89,10 @@ def test_run_adds_an_aligned_coloured_layer_with_organ_volumes_and_review(viewer
     # the review: confidence per organ in the features and the widget, flags listed visibly
     (review,) = reviews
     for organ in review.organs:
-        assert features.loc[organ.label, "confidence"] == f"{organ.confidence:.2f}"
+        confidence = confidence_text(organ.confidence)  # 0.93, or – for an organ not found
+        assert features.loc[organ.label, "confidence"] == confidence
         assert features.loc[organ.label, "flags"] == "; ".join(organ.flags)
-        assert f"{organ.volume_ml:.1f} ml, confidence {organ.confidence:.2f}" in widget["organs"].value
+        assert f"{organ.volume_ml:.1f} ml, confidence {confidence}" in widget["organs"].value
     assert widget.flags == flag_lines(review) and bool(widget.flags) == bool(review.flags)
     assert widget["flags"].native.isVisibleTo(widget.native) == bool(review.flags)
 
