@@ -234,7 +234,7 @@ class SegmentationWidget(Container):
         chosen, guessed = self._modality.value, self._guessed_modality
         disagree = guessed is not None and chosen != guessed
         self._modality_warning.value = (
-            f"⚠ This scan's intensities look like {guessed}, not {chosen}: a {chosen} model will likely "
+            f"⚠ This scan's intensities look like {guessed}, not {chosen}: models for {chosen} will likely "
             "segment it badly. Run is still allowed." if disagree else ""
         )
         self._modality_warning.visible = disagree
