@@ -90,7 +90,7 @@ def test_embedded_samples_are_the_published_voxels(data_dir):
             assert getattr(ours, attribute)() == getattr(theirs, attribute)()
     for licence in ("totalsegmentator/LICENSE", "chaos-t2/README.md"):
         assert (embedded_dir() / licence).is_file()
-    assert "NonCommercial" in (embedded_dir() / "chaos-t2" / "README.md").read_text()
+    assert "NonCommercial" in (embedded_dir() / "chaos-t2" / "README.md").read_text(encoding="utf-8")
 
 
 def test_a_sample_not_embedded_comes_from_the_download_cache(not_embedded, offline, data_dir):
@@ -112,7 +112,7 @@ def test_offline_without_an_embedded_or_cached_file_says_what_to_do(not_embedded
 
 def test_the_package_list_names_every_package():
     """pyproject lists the packages (so sample_data/ can be mapped in): none may be forgotten."""
-    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]
     assert set(listed) == {*find_packages(str(ROOT), include=["napari_mmseg*"]), "napari_mmseg.sample_data"}
 
 
