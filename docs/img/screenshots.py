@@ -1,6 +1,6 @@
 """Regenerate the user guide's screenshots from real runs in the real napari window.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/img/screenshots.py [NAME ...] [--out DIR]
+    xvfb-run -a -s "-screen 0 1600x1200x24" python docs/img/screenshots.py [NAME ...] [--out DIR]
 
 NAME is any of the pictures below (default: all). Uses the embedded samples and the bundled
 v4 weights on the CPU: a few minutes on two cores. napari loads the plugin that `import
@@ -26,7 +26,7 @@ from napari_mmseg.plugin.launch import open_viewer
 from napari_mmseg.plugin.widget import SegmentationWidget
 
 HERE = Path(__file__).parent
-WINDOW = (1500, 940)
+WINDOW = (1500, 1100)
 KIDNEY_RIGHT = ORGAN_BY_NAME["kidney_right"].label
 
 
@@ -65,6 +65,7 @@ def start(sample: str):
     z = int(np.argmax(kidney.sum(axis=(1, 2))))
     viewer.dims.set_point(0, viewer.layers[scan].data_to_world((z, 0, 0))[0])
     viewer.reset_view()
+    viewer.camera.zoom *= 0.85  # the canvas is taller than wide: the whole width in view
     settle()
     return viewer, reference, z
 
