@@ -26,8 +26,9 @@ def available_devices() -> list[str]:
     return found
 
 
-def resolve_device(request: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then CPU; asking for one that is absent is an error."""
+def resolve_device(request: str = "auto", remedy: str = "use --device auto or cpu") -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then CPU; asking for one that is absent is an error
+    that ends with `remedy`, in the words of the front end (command line or GUI)."""
     request = (request or "auto").lower()
     if request not in DEVICE_CHOICES and not request.startswith("cuda:"):
         raise DeviceError(f"Unknown device {request!r}: use one of {', '.join(DEVICE_CHOICES)}.")
@@ -41,7 +42,7 @@ def resolve_device(request: str = "auto") -> torch.device:
             + (" (CPU-only PyTorch)" if torch.version.cuda is None else ""),
             "mps": "this machine has no Apple MPS device",
         }.get(kind, "it is not available")
-        raise DeviceError(f"Device {request} was asked for, but {why}: use --device auto or cpu.")
+        raise DeviceError(f"Device {request} was asked for, but {why}: {remedy}.")
     if kind == "cuda" and ":" in request and int(request.split(":")[1]) >= torch.cuda.device_count():
         raise DeviceError(f"{request} does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
     return torch.device(request)

@@ -107,11 +107,13 @@ def predict_probabilities(
         network_s += time.perf_counter() - t
         done += x.shape[0]
         if progress is not None:
-            progress(min(done / n_windows, 1.0), "network")
+            progress(min(done / n_windows, 1.0), f"windows {min(done, n_windows)} of {n_windows}")
         return out
 
     place(model, device).eval()
     x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None].to(device)
+    if progress is not None:
+        progress(0.0, f"windows 0 of {n_windows}")  # the first batch is the slowest: say it has begun
     t0 = time.perf_counter()
     with torch.inference_mode():
         probs = sliding_window_inference(
@@ -145,7 +147,7 @@ def segment_image(
     report = progress or (lambda f, s: None)
 
     t = time.perf_counter()
-    report(0.0, "resample")
+    report(0.0, "resampling to the model's grid")
     canonical = to_canonical(image, meta.spacing_mm)
     raw = sitk.GetArrayFromImage(canonical)
     timings["resample"] = time.perf_counter() - t
@@ -171,7 +173,7 @@ def segment_image(
         progress=lambda f, s: report(round(0.05 + 0.9 * f, 6), s), cancel=cancel, timings=timings,
     )
     t = time.perf_counter()
-    report(0.95, "resample back")
+    report(0.95, "resampling back to the scan's grid")
     native = probabilities_to_native(probs_crop, canonical, image, where=box)
     timings["resample_back"] = time.perf_counter() - t
     confidence = uncertainty = None

@@ -1,13 +1,17 @@
-"""The weights shipped in the package: real, complete, and good on cases they never saw."""
+"""The weights shipped in the package: real, complete, and good on a scan they never saw.
+
+The bundled weights are trained on every BTCV and CHAOS case (model card), so no patient of
+those datasets is held out for them: their accuracy on unseen patients at native resolution
+is the study's cross-validation (docs/results.md). Here: the TotalSegmentator CT, from a
+scanner none of them saw."""
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from napari_mmseg.config import VARIANTS
-from napari_mmseg.datasets import load_nnunet_dataset
 from napari_mmseg.inference import InferenceOptions, segment_image
-from napari_mmseg.metrics import dice_scores, mean_dice
+from napari_mmseg.metrics import dice_scores
 from napari_mmseg.weights import bundled_weights_dir, load_weights
 
 BUNDLED = sorted(bundled_weights_dir().glob("*.safetensors"))
@@ -30,24 +34,6 @@ def test_bundled_weights_say_how_they_were_made(path):
     for modality in meta.modalities:
         if held_out.get(modality):  # else trained on every case: the study's cross-validation speaks for it
             assert meta.validation_dice[modality]["mean"] > 0.7, "validation Dice recorded at training time"
-
-
-HELD_OUT = [p for p in BUNDLED if any(load_weights(p).meta.validation_dice.get("cases", {}).values())]
-
-
-@pytest.mark.parametrize("path", HELD_OUT, ids=[p.stem for p in HELD_OUT])
-def test_on_held_out_patients_at_native_resolution(path, data_dir):
-    loaded = load_weights(path)
-    held_out = loaded.meta.validation_dice["cases"]
-    cases = load_nnunet_dataset(data_dir / "abdomen-ct-btcv") + load_nnunet_dataset(data_dir / "abdomen-mr-chaos-t2")
-    cases = [c for c in cases if c.name in held_out.get(c.modality, [])[:1]]
-    assert cases
-    for case in cases:
-        assert case.name not in loaded.meta.trained_on
-        image, ref = case.load()
-        pred = segment_image(image, loaded, case.modality, InferenceOptions(device="cpu")).labels
-        scores = dice_scores(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), image.GetSpacing())
-        assert mean_dice(scores) > 0.7, f"{case.name}: {[round(s.dice, 3) for s in scores]}"
 
 
 CT_SERVING = [p for p in BUNDLED if "CT" in load_weights(p).meta.modalities]

@@ -18,7 +18,11 @@ def test_progress_reaches_one_and_never_goes_back(ct_scan, tiny_weights):
                   progress=lambda f, stage: seen.append((f, stage)))
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert {"resample", "network", "done"} <= {s for _, s in seen}
+    stages = [s for _, s in seen]
+    windows = [s for s in stages if s.startswith("windows ")]
+    n = int(windows[-1].split()[-1])
+    assert stages[0] == "resampling to the model's grid" and windows[0] == f"windows 0 of {n}"
+    assert windows[-1] == f"windows {n} of {n}" and stages[-2:] == ["resampling back to the scan's grid", "done"]
 
 
 def test_cancel_between_windows(ct_scan, tiny_weights):

@@ -18,7 +18,7 @@ from npe2 import PluginManager, PluginManifest
 from napari_mmseg.errors import ScanError
 from napari_mmseg.organs import ORGAN_BY_NAME
 from napari_mmseg.plugin.conventions import CONVENTIONS, guess_label_names, parse_mapping, to_our_ids
-from napari_mmseg.plugin.layers import CONVENTION, GEOMETRY, LABEL_NAMES, SCAN
+from napari_mmseg.plugin.layers import CONVENTION, GEOMETRY, LABEL_NAMES, SCAN, label_features
 from napari_mmseg.plugin.reader import get_reader
 
 LIVER_RED = np.array([230, 25, 25, 255]) / 255
@@ -72,7 +72,15 @@ def test_totalsegmentator_labels_open_as_named_organs_in_the_papers_colours(data
     assert np.allclose(kwargs["colormap"].map(np.array([5]))[0], LIVER_RED)
     features = kwargs["features"].set_index("index")
     assert features.loc[5, "organ"] == "Liver"
-    assert features.loc[5, "volume_ml"] == pytest.approx((data == 5).sum() * 27 / 1000, abs=0.1)
+    assert features.loc[5, "volume_ml"] == f"{(data == 5).sum() * 27 / 1000:.1f}"  # as the status bar shows it
+
+
+
+def test_the_status_bar_shows_a_large_volume_in_ml_with_one_decimal():
+    """napari writes float features as `1.08e+04`: the volume is text with one decimal."""
+    data = np.ones((40, 100, 100), np.uint8)
+    layer = Labels(data, features=label_features(data, {1: "liver"}, (3.0, 3.0, 3.0)))
+    assert layer.get_status((5, 5, 5), world=True)["value"] == "1; organ: Liver, volume_ml: 10800.0"
 
 
 def test_float_label_file_opens_as_labels(data_dir):

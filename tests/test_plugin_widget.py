@@ -3,17 +3,22 @@ its labels are meaningless, so these tests check the layer, not the anatomy."""
 
 from __future__ import annotations
 
+import time
+import warnings
+
 import numpy as np
 import pytest
 from conftest import make_weights
-from napari.layers import Labels
+from napari.layers import Image, Labels
 
 from napari_mmseg.device import available_devices
 from napari_mmseg.organs import ORGANS
-from napari_mmseg.plugin.layers import GEOMETRY
-from napari_mmseg.plugin.widget import MODEL, WEIGHTS_FILE, SegmentationWidget
+from napari_mmseg.plugin.dice_panel import DicePanel
+from napari_mmseg.plugin.layers import GEOMETRY, MODEL
+from napari_mmseg.plugin.review import UNCERTAINTY, confidence_text, flag_lines
+from napari_mmseg.plugin.widget import WEIGHTS_FILE, SegmentationWidget
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("review_core")]
 TIMEOUT_MS = 120_000
 
 
@@ -38,13 +43,31 @@ def run(widget: SegmentationWidget, qtbot) -> None:
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
 
 
-def test_run_adds_an_aligned_coloured_layer_with_organ_volumes(viewer, tiny_weights, qtbot):
+def test_run_adds_an_aligned_coloured_layer_with_organ_volumes_and_review(viewer, tiny_weights, qtbot):
     image = viewer.layers["example_ct_sm"]
     widget = widget_with(viewer, tiny_weights)
-    assert widget["modality"].value == "CT"
+    assert widget["modality"].value == "CT" and widget.modality_warning == ""
     assert "v4 weights for CT/MR" in widget["weights_info"].value
+    reviews = []
+    show_review = widget._show_review
+    widget._show_review = lambda layer, review: (reviews.append(review), show_review(layer, review))
+    stages: list[tuple[float, str]] = []
+    widget._relay.changed.connect(lambda _f, stage: stages.append((time.perf_counter(), stage)))
 
-    run(widget, qtbot)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clicked = time.perf_counter()
+        run(widget, qtbot)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]
+
+    # progress says what happens from the start: the first update within 0.5 s of Run
+    first_update_s = stages[0][0] - clicked
+    print(f"\nfirst progress update {1000 * first_update_s:.0f} ms after Run: {stages[0][1]!r}")
+    assert first_update_s < 0.5
+    names = [stage for _, stage in stages]
+    assert names[:2] == ["loading the model", "resampling to the model's grid"]
+    assert names[2].startswith("windows 0 of ") and names[-4].startswith("windows ")
+    assert names[-3:] == ["resampling back to the scan's grid", "done", "checking the organs"]
 
     layer = viewer.layers["example_ct_sm v4"]
     assert isinstance(layer, Labels)
@@ -60,21 +83,39 @@ def test_run_adds_an_aligned_coloured_layer_with_organ_volumes(viewer, tiny_weig
     assert list(features["organ"]) == [o.display_name for o in ORGANS]
     voxel_ml = np.prod(image.scale) / 1000
     for organ in ORGANS:
-        assert features.loc[organ.label, "volume_ml"] == pytest.approx((layer.data == organ.label).sum() * voxel_ml,
-                                                                       abs=0.05)
+        volume = features.loc[organ.label, "volume_ml"]
+        assert volume == f"{(layer.data == organ.label).sum() * voxel_ml:.1f}"  # as the status bar shows it
+
+    # the review: confidence per organ in the features and the widget, flags listed visibly
+    (review,) = reviews
+    for organ in review.organs:
+        confidence = confidence_text(organ.confidence)  # 0.93, or – for an organ not found
+        assert features.loc[organ.label, "confidence"] == confidence
+        assert features.loc[organ.label, "flags"] == "; ".join(organ.flags)
+        assert f"{organ.volume_ml:.1f} ml, confidence {confidence}" in widget["organs"].value
+    assert widget.flags == flag_lines(review) and bool(widget.flags) == bool(review.flags)
+    assert widget["flags"].native.isVisibleTo(widget.native) == bool(review.flags)
+
+    # the uncertainty layer: hidden, on the scan's grid, for an annotator to show
+    uncertainty = viewer.layers["example_ct_sm v4 uncertainty"]
+    assert isinstance(uncertainty, Image) and not uncertainty.visible
+    assert uncertainty.metadata[UNCERTAINTY] == layer.name and uncertainty.colormap.name == "inferno"
+    assert uncertainty.data.shape == layer.data.shape and uncertainty.data.dtype == np.float32
+    assert np.array_equal(uncertainty.scale, layer.scale)
     assert widget["progress"].value == 100
     assert "on cpu" in widget.status or "on cuda" in widget.status
     assert widget["run"].text == "Run"
 
     # the volumes follow the user's corrections, undo included
     def spleen_ml():
-        return layer.features.set_index("index").loc[2, "volume_ml"]
+        return float(layer.features.set_index("index").loc[2, "volume_ml"])
 
     before = spleen_ml()
     layer.brush_size = 10
     layer.paint((15, 50, 60), 2)
     qtbot.waitUntil(lambda: spleen_ml() > before, timeout=2000)
     assert spleen_ml() == pytest.approx((layer.data == 2).sum() * voxel_ml, abs=0.05)
+    assert layer.features.set_index("index").loc[2, "confidence"] == features.loc[2, "confidence"]  # kept
     layer.undo()
     qtbot.waitUntil(lambda: spleen_ml() == before, timeout=2000)
 
@@ -84,18 +125,45 @@ def test_run_adds_an_aligned_coloured_layer_with_organ_volumes(viewer, tiny_weig
     assert widget._volume_watchers == []
 
 
-def test_rerun_replaces_only_an_unedited_result(viewer, tiny_weights, qtbot):
+def test_rerun_replaces_only_an_unedited_result_and_the_dice_panel_follows_the_newest(
+    viewer, tiny_weights, ct_scan, qtbot
+):
+    viewer.open(str(ct_scan.parent / "example_seg.nii.gz"), plugin="napari-mmseg")
+    viewer.layers.selection.active = viewer.layers["example_ct_sm"]
+    panel = DicePanel(viewer)
     widget = widget_with(viewer, tiny_weights)
     run(widget, qtbot)
     first = viewer.layers["example_ct_sm v4"]
     run(widget, qtbot)
-    assert len(viewer.layers) == 2 and viewer.layers["example_ct_sm v4"] is first
+    results = [layer.name for layer in viewer.layers if isinstance(layer, Labels) and MODEL in layer.metadata]
+    assert results == ["example_ct_sm v4"] and viewer.layers["example_ct_sm v4"] is first
+    assert panel["prediction"].value is first and panel["reference"].value is viewer.layers["example_seg"]
 
     first.paint((15, 50, 60), 2)  # the user corrects the result
     edited = first.data.copy()
     run(widget, qtbot)
-    assert [layer.name for layer in viewer.layers] == ["example_ct_sm", "example_ct_sm v4", "example_ct_sm v4 (2)"]
+    second = viewer.layers["example_ct_sm v4 (2)"]
     assert np.array_equal(first.data, edited)
+    assert "example_ct_sm v4 (2) uncertainty" in viewer.layers
+    assert panel["prediction"].value is second  # the newest result
+
+    panel["prediction"].value = first  # the user's choice: new results no longer take its place
+    second.paint((15, 50, 60), 2)
+    run(widget, qtbot)
+    assert "example_ct_sm v4 (3)" in viewer.layers and panel["prediction"].value is first
+
+
+def test_a_modality_that_contradicts_the_intensities_is_warned_about_and_may_still_run(viewer, tiny_weights, qtbot):
+    widget = widget_with(viewer, tiny_weights)
+    assert widget["modality"].value == "CT" and not widget["modality_warning"].native.isVisibleTo(widget.native)
+    widget["modality"].value = "MR"
+    assert "look like CT, not MR" in widget.modality_warning
+    assert widget["modality_warning"].native.isVisibleTo(widget.native)
+    assert "orange" in widget["modality_warning"].native.styleSheet()
+    run(widget, qtbot)
+    assert "example_ct_sm v4" in viewer.layers and widget.status.startswith("Done")
+    widget["modality"].value = "CT"
+    assert widget.modality_warning == "" and not widget["modality_warning"].native.isVisibleTo(widget.native)
 
 
 def test_cancel_stops_the_run_and_adds_no_layer(viewer, tiny_weights, qtbot):
@@ -136,6 +204,7 @@ def test_bad_inputs_are_explained_not_crashed(make_napari_viewer, tiny_weights, 
         widget["device"].value = "cuda"
         widget["run"].native.click()
         assert "no CUDA GPU" in widget.status
+        assert widget.status.endswith('pick "auto" or "CPU" in the Device box.') and "--device" not in widget.status
     assert not widget.running and len(viewer.layers) == 2
 
 

@@ -3,24 +3,27 @@
 Both layers are mapped to our organ ids by name (the layer's own label names, a public
 convention, or a mapping the user types), so a BTCV or CHAOS reference compares with our
 output. The table follows paint strokes, debounced: one recomputation after the edits pause.
+The prediction follows the newest result of the segmentation widget until the user picks one.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, Table
 from napari.layers import Labels
-from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QStyledItemDelegate
+from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QSizePolicy, QStyledItemDelegate
 
 from ..metrics import OrganScore, dice_scores, mean_dice
 from ..organs import ORGAN_BY_NAME
 from .conventions import CONVENTIONS, OURS, parse_mapping, to_our_ids
 from .edits import EditWatcher
-from .layers import CONVENTION, LABEL_NAMES
+from .layers import CONVENTION, LABEL_NAMES, MODEL
 
 if TYPE_CHECKING:
     import napari
@@ -37,6 +40,8 @@ class DicePanel(Container):
         super().__init__()
         self._viewer = napari_viewer
         self.scores: list[OrganScore] = []
+        self._choosing = False  # the panel, not the user, is setting the layer choices
+        self.prediction_picked = False  # the user chose the prediction: stop following new results
 
         self._prediction = ComboBox(name="prediction", label="Prediction", choices=self._labels_choices)
         self._reference = ComboBox(name="reference", label="Reference", choices=self._labels_choices)
@@ -57,6 +62,7 @@ class DicePanel(Container):
         for widget in (self._table, self._message):
             widget.label = ""  # no caption beside them
         self._message.native.setWordWrap(True)
+        self._message.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)  # full width
         self._export = PushButton(name="export", text="Export CSV…")
         self.extend([
             self._prediction, self._reference, self._convention, self._mapping, self._table, self._message,
@@ -68,19 +74,21 @@ class DicePanel(Container):
         self._mapping.visible = False
         for widget in (self._prediction, self._reference):
             widget.changed.connect(self._watch_layers)
+        self._prediction.changed.connect(self._on_prediction_picked)
         self._convention.changed.connect(self._on_convention)
         self._mapping.changed.connect(self.schedule_update)
         self._export.changed.connect(self._ask_export)
-        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
+        napari_viewer.layers.events.inserted.connect(self._on_inserted)
+        napari_viewer.layers.events.removed.connect(self._refresh_layers)
         self.native.destroyed.connect(self._on_closed)
-        self._pick_defaults()
+        with self._panel_choosing():
+            self._pick_defaults()
         self._watch_layers()
 
     def _on_closed(self, _object: Any = None) -> None:
         """The panel is gone (napari closing): stop listening to the viewer and its layers."""
-        for event in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
-            event.disconnect(self._refresh_layers)
+        self._viewer.layers.events.inserted.disconnect(self._on_inserted)
+        self._viewer.layers.events.removed.disconnect(self._refresh_layers)
         self._unwatch()
 
     @property
@@ -90,10 +98,31 @@ class DicePanel(Container):
     def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Labels]]:
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
 
+    @contextmanager
+    def _panel_choosing(self) -> Iterator[None]:
+        self._choosing = True
+        try:
+            yield
+        finally:
+            self._choosing = False
+
+    def _on_prediction_picked(self, _value: Any = None) -> None:
+        if not self._choosing:
+            self.prediction_picked = True
+
     def _refresh_layers(self, _event: Any = None) -> None:
-        for widget in (self._prediction, self._reference):
-            widget.reset_choices()
-        self._pick_defaults()
+        with self._panel_choosing():
+            for widget in (self._prediction, self._reference):
+                widget.reset_choices()
+            self._pick_defaults()
+
+    def _on_inserted(self, event: Any) -> None:
+        """A new segmentation result becomes the prediction, unless the user chose one."""
+        self._refresh_layers()
+        layer = event.value
+        if isinstance(layer, Labels) and MODEL in layer.metadata and not self.prediction_picked:
+            with self._panel_choosing():
+                self._prediction.value = layer
 
     def _pick_defaults(self) -> None:
         """A layer with stored names in another convention is most likely the reference."""

@@ -23,6 +23,7 @@ SCAN = "mmseg_scan"  # path of the scan the layer shows or belongs to: never wri
 LABEL_NAMES = "mmseg_label_names"  # {label id: name as the file's convention spells it}
 CONVENTION = "mmseg_convention"  # where those names came from
 EDITED = "mmseg_edited"  # True once the user painted on a layer the widget made
+MODEL = "mmseg_model"  # a result layer's: which weights made it, on which device
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 CT_SOFT_TISSUE_WINDOW = (-160.0, 240.0)  # width 400, level 40 HU
@@ -104,7 +105,8 @@ def organ_colormap(names: dict[int, str]) -> DirectLabelColormap:
 
 
 def label_features(array: np.ndarray, names: dict[int, str], spacing: tuple[float, ...]) -> pd.DataFrame:
-    """One row per label: id, organ name (as napari's status bar shows it) and volume in ml."""
+    """One row per label: id, organ name and volume in ml, as napari's status bar shows them.
+    The volume is text with one decimal: the status bar writes floats as `1.73e+04`."""
     counts = np.bincount(np.asarray(array).ravel())
     present = set(np.flatnonzero(counts).tolist()) - {0}
     ids = sorted(present | set(names))
@@ -113,7 +115,7 @@ def label_features(array: np.ndarray, names: dict[int, str], spacing: tuple[floa
         {
             "index": ids,
             "organ": [display_name(names.get(i), i) for i in ids],
-            "volume_ml": [round(float(counts[i]) * voxel_ml if i < len(counts) else 0.0, 1) for i in ids],
+            "volume_ml": [f"{float(counts[i]) * voxel_ml if i < len(counts) else 0.0:.1f}" for i in ids],
         }
     )
 

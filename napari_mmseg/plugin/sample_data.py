@@ -1,6 +1,7 @@
-"""File › Open Sample: public abdominal scans with reference labels, downloaded on demand
-with pooch (checked against sha256) into `pooch.os_cache("napari-mmseg")`, or the folder
-named by the environment variable MMSEG_DATA_CACHE. Never bundled: each keeps its licence.
+"""File › Open Sample: public abdominal scans with reference labels, so napari-mmseg can be
+tried offline. They are embedded (the top-level `sample_data/`, package data in a wheel,
+each with its licence); a file missing there is downloaded with pooch (checked against
+sha256) into `pooch.os_cache("napari-mmseg")`, or the folder named by MMSEG_DATA_CACHE.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ _CHAOS = (
     "https://github.com/QYAOYang/VLAlignSeg-/raw/3981d0690eb6537ff25364b9ec2a8a910b8f84f2/"
     "data/CHAOST2/chaos_MR_T2_normalized/"
 )
-# Cache path → (URL, sha256).
+# Path inside the embedded folder and the cache → (URL, sha256 of the published file; the
+# embedded CHAOS files differ from it in storage type only, see sample_data/chaos-t2/README.md).
 FILES = {
     "totalsegmentator/example_ct_sm.nii.gz": (
         _TOTALSEG + "example_ct_sm.nii.gz", "e50c00b2914e2cac0aaee8e7f3b5f57d44d9f21bfd5c0577271c54c0cb49e9fb"
@@ -60,8 +62,20 @@ def _registry() -> pooch.Pooch:
     )
 
 
+def embedded_dir() -> Path:
+    """Where the embedded samples are: `napari_mmseg/sample_data/` in a wheel, the checkout's
+    top-level `sample_data/` in a source tree or an editable install."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "sample_data"
+    return installed if installed.is_dir() else package.parent / "sample_data"
+
+
 def fetch(name: str) -> Path:
-    """The cached file, downloaded first if needed; a clear message when that fails."""
+    """The embedded file, else the cached one, downloaded first if needed; a clear message
+    when that fails."""
+    embedded = embedded_dir() / name
+    if embedded.is_file():
+        return embedded
     registry = _registry()
     url = FILES[name][0]
     try:

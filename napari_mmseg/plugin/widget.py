@@ -3,7 +3,8 @@
 The network runs in a napari worker thread; the core's progress callback reaches the GUI
 through a Qt signal and its cancel callable polls an Event, so Run turns into Cancel and a
 cancelled run stops at the next sliding window and adds nothing. Torch is imported when the
-widget opens, not when napari starts.
+widget opens, not when napari starts. A result comes with its review: each organ's
+confidence, plausibility flags and a hidden uncertainty layer (`plugin/review.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QSizePolicy
 
 from ..display_geometry import DisplayGeometry, image_from_layer
 from ..errors import Cancelled, MmsegError
@@ -29,16 +31,26 @@ from ..organs import MODALITIES
 from ..scan_io import segmentable
 from .conventions import CONVENTIONS, OURS
 from .edits import EditWatcher
-from .layers import EDITED, SCAN, alignment_kwargs, label_features, labels_kwargs, layer_geometry
+from .layers import EDITED, MODEL, SCAN, alignment_kwargs, label_features, labels_kwargs, layer_geometry
+from .review import (
+    UNCERTAINTY,
+    WARNING_STYLE,
+    flag_lines,
+    organ_lines,
+    review_features,
+    uncertainty_layer_data,
+    with_fresh_volumes,
+)
 
 if TYPE_CHECKING:
     import napari
     from napari.qt.threading import FunctionWorker
 
     from ..inference import InferenceOptions, Segmentation
+    from ..review import ScanReview
 
 WEIGHTS_FILE = "file"  # the variant choice that means "a weights file I pick"
-MODEL = "mmseg_model"  # metadata of a result layer: which weights made it, on which device
+DEVICE_REMEDY = 'pick "auto" or "CPU" in the Device box'
 QUALITY = (("fast (overlap 0.25)", 0.25), ("balanced (overlap 0.5)", 0.5), ("best (overlap 0.75)", 0.75))
 _DEVICE_NAMES = {"cuda": "CUDA GPU", "mps": "Apple MPS", "cpu": "CPU"}
 
@@ -57,17 +69,28 @@ class Job:
     placement: dict[str, Any]
 
 
-def run_job(job: Job, progress: Callable[[float, str], None], cancel: Callable[[], bool]) -> Segmentation | None:
-    """The worker thread's work: load the weights, segment; None when cancelled."""
+@dataclass(frozen=True)
+class Finished:
+    """A run's result and its review, both made in the worker thread."""
+
+    segmentation: Segmentation
+    review: ScanReview
+
+
+def run_job(job: Job, progress: Callable[[float, str], None], cancel: Callable[[], bool]) -> Finished | None:
+    """The worker thread's work: load the weights, segment, review; None when cancelled."""
+    progress(0.0, "loading the model")  # first, before any import: the user sees the run has begun
     from ..inference import segment_image
+    from ..review import review_image
     from ..weights import load_weights
 
-    progress(0.0, "loading weights")
     loaded = load_weights(job.weights, modality=job.modality)
     try:
-        return segment_image(job.image, loaded, job.modality, job.options, progress=progress, cancel=cancel)
+        result = segment_image(job.image, loaded, job.modality, job.options, progress=progress, cancel=cancel)
     except Cancelled:
         return None
+    progress(1.0, "checking the organs")
+    return Finished(result, review_image(result.labels, result.confidence))
 
 
 class _ProgressRelay(QObject):
@@ -103,6 +126,7 @@ class SegmentationWidget(Container):
         self._image = ComboBox(name="scan", label="Scan", choices=self._image_choices)
         self._modality = ComboBox(name="modality", label="Modality", choices=MODALITIES)
         self._modality_hint = Label(name="modality_hint")
+        self._modality_warning = Label(name="modality_warning")
         self._variant = ComboBox(name="model", label="Model", choices=self._variant_choices)
         self._weights = FileEdit(name="weights", label="Weights file", mode="r", filter="*.safetensors")
         self._weights_info = Label(name="weights_info")
@@ -111,13 +135,23 @@ class SegmentationWidget(Container):
         self._run = PushButton(name="run", text="Run")
         self._progress = ProgressBar(name="progress", min=0, max=100, value=0, label="Progress")
         self._status = Label(name="status", value=f"Devices found: {', '.join(self._devices)}")
-        for text in (self._modality_hint, self._weights_info, self._status):
+        self._organs = Label(name="organs")  # the last result: volume and confidence per organ
+        self._flags = Label(name="flags")  # its plausibility flags
+        texts = (self._modality_hint, self._modality_warning, self._weights_info, self._status, self._organs,
+                 self._flags)
+        for text in texts:
             text.label = ""  # lines of text: no caption beside them
             text.native.setWordWrap(True)
+            text.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)  # full width
+        for warning in (self._modality_warning, self._flags):
+            warning.native.setStyleSheet(WARNING_STYLE)
+            warning.visible = False
         self.extend([
-            self._image, self._modality, self._modality_hint, self._variant, self._weights, self._weights_info,
-            self._device, self._quality, self._run, self._progress, self._status,
+            self._image, self._modality, self._modality_hint, self._modality_warning, self._variant, self._weights,
+            self._weights_info, self._device, self._quality, self._run, self._progress, self._status, self._organs,
+            self._flags,
         ])
+        self._guessed_modality: str | None = None
 
         self._image.changed.connect(self._suggest_modality)
         self._modality.changed.connect(self._on_modality)
@@ -139,6 +173,16 @@ class SegmentationWidget(Container):
     @property
     def status(self) -> str:
         return self._status.value
+
+    @property
+    def modality_warning(self) -> str:
+        """What the widget warns about the chosen modality ('' when it agrees with the scan)."""
+        return self._modality_warning.value if self._modality_warning.native.isVisibleTo(self.native) else ""
+
+    @property
+    def flags(self) -> str:
+        """The last result's plausibility flags as shown ('' when none)."""
+        return self._flags.value if self._flags.native.isVisibleTo(self.native) else ""
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
@@ -173,13 +217,30 @@ class SegmentationWidget(Container):
 
         layer = self._image.value
         if layer is None or layer.multiscale or layer.rgb or layer.ndim != 3:
+            self._guessed_modality = None
             self._modality_hint.value = ""
+            self._warn_modality()
             return
-        guess = guess_modality(np.asarray(layer.data))
-        self._modality.value = guess
-        self._modality_hint.value = f"Suggested from the intensities: {guess}. Change it if that is wrong."
+        self._guessed_modality = guess_modality(np.asarray(layer.data))
+        self._modality.value = self._guessed_modality
+        self._modality_hint.value = (
+            f"Suggested from the intensities: {self._guessed_modality}. Change it if that is wrong."
+        )
+        self._warn_modality()
+
+    def _warn_modality(self) -> None:
+        """A visible warning while the chosen modality contradicts the intensities; Run stays
+        allowed (an unusual scan may fool the guess)."""
+        chosen, guessed = self._modality.value, self._guessed_modality
+        disagree = guessed is not None and chosen != guessed
+        self._modality_warning.value = (
+            f"⚠ This scan's intensities look like {guessed}, not {chosen}: models for {chosen} will likely "
+            "segment it badly. Run is still allowed." if disagree else ""
+        )
+        self._modality_warning.visible = disagree
 
     def _on_modality(self, _value: Any = None) -> None:
+        self._warn_modality()
         self._variant.reset_choices()
         self._show_weights_choice()
 
@@ -255,7 +316,7 @@ class SegmentationWidget(Container):
                 f"These {meta.variant} weights serve {'/'.join(meta.modalities)}, not {modality}: "
                 "choose other weights or the other modality."
             )
-        device = str(resolve_device(self._device.value))
+        device = str(resolve_device(self._device.value, remedy=DEVICE_REMEDY))
         data, state, _ = layer.as_layer_data_tuple()
         geometry = layer_geometry(data, state)
         return Job(
@@ -274,7 +335,7 @@ class SegmentationWidget(Container):
         self._started = time.perf_counter()
         self._run.text = "Cancel"
         self._progress.value = 0
-        self._status.value = f"Running on {job.options.device}…"
+        self._status.value = f"Running on {job.options.device}: starting…"
         self._worker = create_worker(
             run_job, job, self._relay.changed.emit, self._cancel.is_set,
             _connect={
@@ -301,19 +362,44 @@ class SegmentationWidget(Container):
         if not self._cancel.is_set():
             self._status.value = f"Running: {stage} ({fraction:.0%})"
 
-    def _on_returned(self, job: Job, result: Segmentation | None) -> None:
+    def _on_returned(self, job: Job, finished: Finished | None) -> None:
         seconds = time.perf_counter() - self._started
         if self._closed:
             return
-        if result is None:
+        if finished is None:
             self._progress.value = 0
             self._status.value = f"Cancelled after {seconds:.1f} s: no layer was added."
             return
+        result = finished.segmentation
         layer = self._add_result(job, result)
+        self._show_review(layer, finished.review)
+        self._add_uncertainty(job, layer, result)
         network = result.timings.get("network", 0.0)
         self._status.value = (
             f"Done: {layer.name!r} on {result.device} in {seconds:.1f} s (network {network:.1f} s)."
         )
+
+    def _show_review(self, layer: Labels, review: ScanReview) -> None:
+        """Confidence and flags in the layer's features (status bar) and in the widget."""
+        layer.features = review_features(layer.features, review)
+        self._organs.value = f"{layer.name}:\n{organ_lines(review)}"
+        self._flags.value = flag_lines(review)
+        self._flags.visible = bool(review.flags)
+
+    def _add_uncertainty(self, job: Job, layer: Labels, result: Segmentation) -> None:
+        """The result's uncertainty as a hidden Image layer (replaced with its result layer)."""
+        if result.uncertainty is None:
+            return
+        data, kwargs, _ = uncertainty_layer_data(result.uncertainty, layer.name, job.placement)
+        previous = next((other for other in self._viewer.layers
+                         if other.metadata.get(UNCERTAINTY) == layer.name and isinstance(other, Image)), None)
+        if previous is not None:
+            previous.data = data
+            return
+        added = self._viewer.add_image(data, **kwargs)
+        layers = self._viewer.layers
+        layers.move(layers.index(added), layers.index(layer))  # below its result: outlines show above it
+        layers.selection.active = layer  # the layer to review and paint stays selected
 
     def _on_errored(self, error: Exception) -> None:
         if self._closed:
@@ -363,8 +449,11 @@ class SegmentationWidget(Container):
         layer = self._viewer.add_labels(array, **kwargs)
         layer.events.paint.connect(_mark_edited)
         spacing = job.geometry.display.spacing
-        volumes = EditWatcher(lambda: setattr(layer, "features", label_features(layer.data, names, spacing)),
-                              self.native)
+
+        def refresh_volumes() -> None:
+            layer.features = with_fresh_volumes(layer.features, label_features(layer.data, names, spacing))
+
+        volumes = EditWatcher(refresh_volumes, self.native)
         volumes.watch([layer])
         self._volume_watchers.append(volumes)
         return layer
