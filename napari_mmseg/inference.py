@@ -179,9 +179,11 @@ def segment_image(
     confidence = uncertainty = None
     if options.uncertainty:
         t = time.perf_counter()
+        report(0.97, "confidence and uncertainty maps")
         confidence, uncertainty = probability_maps(probs_crop, canonical, image, where=box)
         timings["uncertainty"] = time.perf_counter() - t
     t = time.perf_counter()
+    report(0.99, "checking the organs")
     review = review_image(native, confidence)
     timings["review"] = time.perf_counter() - t
     report(1.0, "done")

@@ -18,7 +18,7 @@ from napari_mmseg.plugin.layers import GEOMETRY, MODEL
 from napari_mmseg.plugin.review import UNCERTAINTY, confidence_text, flag_lines
 from napari_mmseg.plugin.widget import WEIGHTS_FILE, SegmentationWidget
 
-pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("review_core")]
+pytestmark = pytest.mark.gui
 TIMEOUT_MS = 120_000
 
 
@@ -66,8 +66,9 @@ def test_run_adds_an_aligned_coloured_layer_with_organ_volumes_and_review(viewer
     assert first_update_s < 0.5
     names = [stage for _, stage in stages]
     assert names[:2] == ["loading the model", "resampling to the model's grid"]
-    assert names[2].startswith("windows 0 of ") and names[-4].startswith("windows ")
-    assert names[-3:] == ["resampling back to the scan's grid", "done", "checking the organs"]
+    assert names[2].startswith("windows 0 of ") and names[-5].startswith("windows ")
+    assert names[-4:] == ["resampling back to the scan's grid", "confidence and uncertainty maps",
+                          "checking the organs", "done"]
 
     layer = viewer.layers["example_ct_sm v4"]
     assert isinstance(layer, Labels)

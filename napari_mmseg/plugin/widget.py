@@ -69,19 +69,10 @@ class Job:
     placement: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Finished:
-    """A run's result and its review, both made in the worker thread."""
-
-    segmentation: Segmentation
-    review: ScanReview
-
-
-def run_job(job: Job, progress: Callable[[float, str], None], cancel: Callable[[], bool]) -> Finished | None:
-    """The worker thread's work: load the weights, segment, review; None when cancelled."""
+def run_job(job: Job, progress: Callable[[float, str], None], cancel: Callable[[], bool]) -> Segmentation | None:
+    """The worker thread's work: load the weights, segment and review; None when cancelled."""
     progress(0.0, "loading the model")  # first, before any import: the user sees the run has begun
     from ..inference import segment_image
-    from ..review import review_image
     from ..weights import load_weights
 
     loaded = load_weights(job.weights, modality=job.modality)
@@ -89,8 +80,7 @@ def run_job(job: Job, progress: Callable[[float, str], None], cancel: Callable[[
         result = segment_image(job.image, loaded, job.modality, job.options, progress=progress, cancel=cancel)
     except Cancelled:
         return None
-    progress(1.0, "checking the organs")
-    return Finished(result, review_image(result.labels, result.confidence))
+    return result
 
 
 class _ProgressRelay(QObject):
@@ -362,17 +352,16 @@ class SegmentationWidget(Container):
         if not self._cancel.is_set():
             self._status.value = f"Running: {stage} ({fraction:.0%})"
 
-    def _on_returned(self, job: Job, finished: Finished | None) -> None:
+    def _on_returned(self, job: Job, result: Segmentation | None) -> None:
         seconds = time.perf_counter() - self._started
         if self._closed:
             return
-        if finished is None:
+        if result is None:
             self._progress.value = 0
             self._status.value = f"Cancelled after {seconds:.1f} s: no layer was added."
             return
-        result = finished.segmentation
         layer = self._add_result(job, result)
-        self._show_review(layer, finished.review)
+        self._show_review(layer, result.review)
         self._add_uncertainty(job, layer, result)
         network = result.timings.get("network", 0.0)
         self._status.value = (
