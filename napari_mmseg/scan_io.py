@@ -1,7 +1,7 @@
 """Reading scans and writing label maps with SimpleITK, keeping the scan's geometry.
 
 A label map is always written with exactly its source scan's size, spacing, origin and
-direction, atomically (temporary file, then rename), and never over the scan itself.
+direction, whole or not at all (`safe_write`), and never over the scan itself.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ScanError
+from .errors import OutputError, ScanError
+from .safe_write import write_atomic
 
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -238,8 +239,10 @@ def write_labels(
     path: str | os.PathLike,
     reference: sitk.Image,
     source: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write labels with the reference scan's exact geometry, atomically, never over `source`."""
+    """Write labels with the reference scan's exact geometry, never over `source`; the file
+    is complete and reads back as written, or it is not there (`safe_write.write_atomic`)."""
     out = Path(path)
     suffix = path_suffix(out)
     if suffix not in LABEL_SUFFIXES:
@@ -259,16 +262,24 @@ def write_labels(
         else:
             image = sitk.Cast(labels, sitk.sitkUInt8)
             image.CopyInformation(reference)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{strip_suffix(out)}.", suffix=suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a saved file is the user's usual kind
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+
+    def write(tmp: Path) -> None:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError:
+            raise OutputError(f"Cannot write {out}: the image writer failed (is the disk full?).") from None
+
+    def verify(tmp: Path) -> None:
+        """ITK writes short files on a full disk without a word, and reads a truncated
+        .nii.gz back as zeros: check the compressed stream and every voxel."""
+        wrong = OutputError(f"Cannot write {out}: the written file reads back incomplete (is the disk full?).")
+        try:
+            _check_nifti_complete(tmp)
+            back = sitk.ReadImage(str(tmp))
+        except (ScanError, RuntimeError):
+            raise wrong from None
+        if not (same_geometry(back, image) and np.array_equal(
+                sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))):
+            raise wrong
+
+    return write_atomic(out, write, overwrite, verify, make_parents=True)

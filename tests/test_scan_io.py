@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_mmseg.errors import ScanError
+from napari_mmseg.errors import OutputError, ScanError
 from napari_mmseg.scan_io import read_labels, read_scan, same_geometry, write_labels
 
 
@@ -175,8 +175,8 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sitk, "WriteImage", broken)
-    with pytest.raises(RuntimeError):
-        write_labels(np.zeros((6, 7, 8), np.uint8), out, scan)
+    with pytest.raises(OutputError, match="writer failed"):
+        write_labels(np.zeros((6, 7, 8), np.uint8), out, scan, overwrite=True)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]
 
