@@ -185,9 +185,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import json
 
-    from .weights import read_metadata
+    from .weights import load_weights
 
-    meta = read_metadata(args.weights)
+    meta = load_weights(args.weights).meta  # the whole file checked: metadata, shapes, finite numbers
     print(json.dumps(json.loads(meta.to_json()), indent=2))
     return 0
 
