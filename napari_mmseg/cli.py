@@ -92,7 +92,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = segment_image(image, loaded, modality, options, progress=progress)
+                try:
+                    result = segment_image(image, loaded, modality, options, progress=progress)
+                except ScanError as e:  # e.g. a grid too large: say which scan, in a batch
+                    raise ScanError(f"{scan}: {e}") from None
         for w in caught:
             print(f"warning: {scan.name}: {w.message}", file=sys.stderr)
         write_labels(result.labels, out, image, source=scan, overwrite=args.overwrite)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import ScanError
 from .organs import check_modality
 
 
@@ -89,6 +90,27 @@ def guess_modality(values: np.ndarray) -> str:
     return "CT" if np.percentile(sample, 2) < -50 else "MR"
 
 
+# A body scan spans well under 2 m; a grid over this many voxels would need tens of GB for
+# the class probabilities: a scan beyond either has a wrong spacing in its header.
+MAX_FIELD_OF_VIEW_MM = 2000.0
+MAX_GRID_VOXELS = 1 << 27  # 134 million: 512 × 512 × 512
+
+
+def check_grid_size(extent_mm: np.ndarray, size: list[int], image: sitk.Image, spacing_mm: float) -> None:
+    """Refuse, before allocating anything, a scan whose canonical grid is not a body's."""
+    voxels = math.prod(size)
+    if max(extent_mm) <= MAX_FIELD_OF_VIEW_MM and voxels <= MAX_GRID_VOXELS:
+        return
+    extent = " × ".join(f"{v:.0f}" for v in extent_mm)
+    stored = " × ".join(str(v) for v in image.GetSize())
+    spacing = " × ".join(f"{v:g}" for v in image.GetSpacing())
+    raise ScanError(
+        f"The scan spans {extent} mm ({stored} voxels of {spacing} mm), {voxels:,} voxels on the "
+        f"model's {spacing_mm:g} mm grid: more than a body ({MAX_FIELD_OF_VIEW_MM:.0f} mm, "
+        f"{MAX_GRID_VOXELS:,} voxels); check the voxel spacing in the file's header."
+    )
+
+
 def canonical_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """An empty LPS-aligned grid at `spacing_mm` that covers the whole scan."""
     size = image.GetSize()
@@ -100,6 +122,7 @@ def canonical_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     corners = np.asarray(corners)
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     n = [max(1, math.ceil((hi[i] - lo[i]) / spacing_mm - 1e-3)) for i in range(3)]
+    check_grid_size(hi - lo, n, image, spacing_mm)
     grid = sitk.Image(n, sitk.sitkUInt8)
     grid.SetSpacing((spacing_mm,) * 3)
     # Rounded, then nudged off the round number: a scan's voxel centres would otherwise fall

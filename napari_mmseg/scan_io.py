@@ -51,10 +51,38 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise ScanError(f"{folder} is a folder without a DICOM series: give a scan file or a DICOM folder.")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    warnings_shown = reader.GetGlobalWarningDisplay()
+    reader.GlobalWarningDisplayOff()  # ITK's multi-line "non uniform sampling" note: checked below instead
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as e:
         raise ScanError(f"Cannot read the DICOM series in {folder}: {_first_line(e)}") from None
+    finally:
+        reader.SetGlobalWarningDisplay(warnings_shown)
+    _check_even_slices(reader, image, folder)
+    return image
+
+
+def _check_even_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
+    """ITK stacks a series with a missing, duplicate or stray slice as if its slices were
+    evenly spaced, distorting the anatomy: refuse it."""
+    key = "0020|0032"  # Image Position (Patient)
+    n = image.GetDepth()
+    if n < 3 or not all(reader.HasMetaDataKey(i, key) for i in range(n)):
+        return
+    try:
+        positions = np.array([[float(v) for v in reader.GetMetaData(i, key).split("\\")] for i in range(n)])
+    except ValueError:
+        return
+    normal = np.reshape(image.GetDirection(), (3, 3))[:, 2]
+    gaps = np.diff(positions @ normal)
+    typical = float(np.median(np.abs(gaps)))
+    if typical == 0 or np.ptp(gaps) > 0.01 * typical + 1e-3:
+        raise ScanError(
+            f"{folder}: the {n} slices are not evenly spaced (gaps from {gaps.min():.2f} to {gaps.max():.2f} mm: "
+            "a missing, duplicate or stray slice); re-export the series."
+        )
 
 
 def _first_line(e: Exception) -> str:
@@ -63,8 +91,8 @@ def _first_line(e: Exception) -> str:
     return (msg or (lines[-1] if lines else type(e).__name__))[:200]
 
 
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """Header size plus voxel data, from a NIfTI-1 header (either byte order)."""
+def _nifti_layout(header: bytes) -> tuple[str, int, int, int, int] | None:
+    """Byte order, voxel count, bits per voxel, datatype code and data offset of a NIfTI-1 header."""
     import struct
 
     if len(header) < 348:
@@ -72,13 +100,44 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
     for order in "<>":
         if struct.unpack(order + "i", header[:4])[0] == 348:
             dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
             vox_offset = struct.unpack(order + "f", header[108:112])[0]
             n = 1
             for d in dims[1 : 1 + max(0, min(dims[0], 7))]:
                 n *= max(int(d), 1)
-            return int(vox_offset) + n * bitpix // 8
+            return order, n, bitpix, datatype, int(vox_offset)
     return None
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Header size plus voxel data, from a NIfTI-1 header (either byte order)."""
+    layout = _nifti_layout(header)
+    return None if layout is None else layout[4] + layout[1] * layout[2] // 8
+
+
+NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+
+
+def _open_nifti(p: Path):
+    import gzip
+
+    return gzip.open(p, "rb") if path_suffix(p) == ".nii.gz" else open(p, "rb")
+
+
+def _nifti_nan_count(p: Path) -> tuple[int, int]:
+    """NaN voxels in a float NIfTI file, and all voxels: ITK's reader turns NaN into 0."""
+    with _open_nifti(p) as f:
+        layout = _nifti_layout(f.read(348))
+        if layout is None or layout[3] not in NIFTI_FLOATS:
+            return 0, 0
+        order, n, _, datatype, offset = layout
+        dtype = np.dtype(order + NIFTI_FLOATS[datatype])
+        f.seek(offset)
+        nan, chunk = 0, 1 << 22
+        for start in range(0, n, chunk):
+            data = f.read(min(chunk, n - start) * dtype.itemsize)
+            nan += int(np.isnan(np.frombuffer(data[: len(data) // dtype.itemsize * dtype.itemsize], dtype)).sum())
+    return nan, n
 
 
 def _check_nifti_complete(p: Path) -> None:
@@ -120,6 +179,11 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if p.stat().st_size == 0:
         raise ScanError(f"{p} is an empty file.")
     _check_nifti_complete(p)
+    if path_suffix(p) in (".nii", ".nii.gz"):
+        nan, total = _nifti_nan_count(p)
+        if nan:
+            raise ScanError(f"{p}: {_share(nan, total)} are NaN (SimpleITK would read them as 0); "
+                            "fix or re-export the file.")
     try:
         if path_suffix(p) == ".nii.gz" and p.with_name(strip_suffix(p) + ".nii").exists():
             # nifticlib opens `x.nii` instead of the `x.nii.gz` asked for when both exist
@@ -145,7 +209,10 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
 
 
 def check_volume(image: sitk.Image, what: str = "scan") -> None:
-    """A 3-D, single-channel volume, at least 2 voxels along every axis."""
+    """A 3-D, single-channel, real-valued volume, at least 2 voxels along every axis, whose
+    direction matrix is a rotation (a sheared or scaled one cannot be written back as it is)."""
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise ScanError(f"The {what} holds complex values (raw MR data?): give a real-valued magnitude image.")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ScanError(
             f"The {what} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
@@ -161,6 +228,12 @@ def check_volume(image: sitk.Image, what: str = "scan") -> None:
         raise ScanError(
             f"The {what} has size {tuple(image.GetSize())}: a single slice is a 2-D image; "
             "give a 3-D volume."
+        )
+    direction = np.reshape(image.GetDirection(), (3, 3))
+    if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-4):
+        raise ScanError(
+            f"The {what}'s direction matrix {np.round(direction, 3).tolist()} is sheared or scaled, not a "
+            "rotation: such a grid cannot be segmented or saved faithfully; resample it first."
         )
 
 
@@ -181,13 +254,21 @@ def as_scan(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
     values = sitk.GetArrayViewFromImage(image)
     low, high = values.min(), values.max()  # a NaN or infinity anywhere shows in one of them
     if not (np.isfinite(low) and np.isfinite(high)):
-        bad = 1.0 - np.isfinite(values).mean()
-        raise ScanError(f"{path}: {bad:.0%} of the voxels are NaN or infinite; fix or re-export the scan.")
+        bad = values.size - int(np.isfinite(values).sum())
+        raise ScanError(f"{path}: {_share(bad, values.size)} are NaN or infinite; fix or re-export the scan.")
     if low == high:
         raise ScanError(f"{path}: every voxel has the value {low:g}; the scan is empty.")
+    if values.dtype not in SCAN_DTYPES and max(-float(low), float(high)) > np.finfo(np.float32).max:
+        raise ScanError(f"{path}: values reach {max(-float(low), float(high)):.3g}, beyond what float32 holds "
+                        f"({np.finfo(np.float32).max:.3g}); rescale the scan.")
     if values.dtype in SCAN_DTYPES:
         return image
     return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def _share(part: int, whole: int) -> str:
+    """`3 of 1200 voxels (0.25 %)`: a count, so that one voxel never reads as 0 %."""
+    return f"{part} of {whole} voxels ({100 * part / whole:.2g} %)"
 
 
 def read_labels(path: str | os.PathLike) -> sitk.Image:
