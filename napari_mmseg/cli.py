@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import signal
 import sys
@@ -114,7 +112,13 @@ def parse_label_mapping(text: str) -> dict[int, int]:
         name, _, value = item.partition("=")
         if not value.strip().isdigit():
             raise ScanError(f"Cannot read {item!r} in --ref-labels: write name=id, e.g. liver=6,spleen=1.")
+        if name.strip() in pairs:
+            raise ScanError(f"--ref-labels names {name.strip()} twice.")
         pairs[name.strip()] = int(value)
+    ids = list(pairs.values())
+    shared = sorted({i for i in ids if ids.count(i) > 1})
+    if shared:
+        raise ScanError(f"--ref-labels gives id {shared[0]} to more than one organ: each organ needs its own id.")
     mapping = label_map_from_names(pairs)
     unknown = [n for n in pairs if n not in mapping.values() and label_map_from_names({n: 0}) == {}]
     if unknown:
@@ -140,7 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .datasets import remap_labels
     from .metrics import dice_scores, mean_dice
-    from .safe_write import check_output, write_text_atomic
+    from .safe_write import check_output, write_csv_atomic
     from .scan_io import read_labels, same_geometry
 
     if args.csv:
@@ -177,11 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{organ:<14}{dice:>8.4f}{p:>11.1f}{r:>11.1f}")
     print(f"{'mean':<14}{mean_dice(scores):>8.4f}")
     if args.csv:
-        table = io.StringIO(newline="")
-        w = csv.writer(table)
-        w.writerow(["organ", "dice", "predicted_ml", "reference_ml"])
-        w.writerows(rows)
-        write_text_atomic(args.csv, table.getvalue(), args.overwrite)
+        write_csv_atomic(args.csv, ["organ", "dice", "predicted_ml", "reference_ml"], rows, args.overwrite)
     return 0
 
 

@@ -12,11 +12,13 @@ or interrupted write (Ctrl-C, or SIGTERM as the command line raises it) removes 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from .errors import OutputError
@@ -144,3 +146,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool, ma
 
 def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool, make_parents: bool = False) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"), overwrite, make_parents)
+
+
+def write_csv_atomic(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence], overwrite: bool) -> Path:
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(header)
+    w.writerows(rows)
+    return write_text_atomic(path, table.getvalue(), overwrite)

@@ -84,7 +84,8 @@ def write4d(tmp_path):
         (lambda p: write4d(p), "4-D"),
         (lambda p: write(p, "slice.nii.gz", np.random.rand(1, 5, 6).astype(np.float32)), "single slice"),
         (lambda p: write(p, "nan.nrrd", np.full((4, 5, 6), np.nan, np.float32)), "NaN"),
-        (lambda p: write(p, "one-nan.mha", np.where(np.arange(120).reshape(4, 5, 6) == 7, np.nan, 1.0)), "1 of 120 voxels .*NaN"),
+        (lambda p: write(p, "one-nan.mha", np.where(np.arange(120).reshape(4, 5, 6) == 7, np.nan, 1.0)),
+         "1 of 120 voxels .*NaN"),
         (lambda p: write(p, "one-inf.nrrd", np.where(np.arange(120).reshape(4, 5, 6) == 7, -np.inf, 1.0)),
          "infinite"),
         # NIfTI I/O would turn NaN into 0: the file's own voxels are counted instead
