@@ -90,24 +90,27 @@ def guess_modality(values: np.ndarray) -> str:
     return "CT" if np.percentile(sample, 2) < -50 else "MR"
 
 
-# A body scan spans well under 2 m; a grid over this many voxels would need tens of GB for
-# the class probabilities: a scan beyond either has a wrong spacing in its header.
+# A body fits in 2 m along any axis and in 1 m³ (a whole-body CT: 0.7 × 0.7 × 2 m), and a
+# grid beyond 134 million voxels would need tens of GB for the class probabilities: a scan
+# beyond any of these has a wrong spacing in its header.
 MAX_FIELD_OF_VIEW_MM = 2000.0
-MAX_GRID_VOXELS = 1 << 27  # 134 million: 512 × 512 × 512
+MAX_BOX_LITRES = 1000.0
+MAX_GRID_VOXELS = 1 << 27  # 512 × 512 × 512
 
 
 def check_grid_size(extent_mm: np.ndarray, size: list[int], image: sitk.Image, spacing_mm: float) -> None:
     """Refuse, before allocating anything, a scan whose canonical grid is not a body's."""
     voxels = math.prod(size)
-    if max(extent_mm) <= MAX_FIELD_OF_VIEW_MM and voxels <= MAX_GRID_VOXELS:
+    litres = math.prod(float(v) for v in extent_mm) / 1e6
+    if max(extent_mm) <= MAX_FIELD_OF_VIEW_MM and litres <= MAX_BOX_LITRES and voxels <= MAX_GRID_VOXELS:
         return
     extent = " × ".join(f"{v:.0f}" for v in extent_mm)
     stored = " × ".join(str(v) for v in image.GetSize())
     spacing = " × ".join(f"{v:g}" for v in image.GetSpacing())
     raise ScanError(
         f"The scan spans {extent} mm ({stored} voxels of {spacing} mm), {voxels:,} voxels on the "
-        f"model's {spacing_mm:g} mm grid: more than a body ({MAX_FIELD_OF_VIEW_MM:.0f} mm, "
-        f"{MAX_GRID_VOXELS:,} voxels); check the voxel spacing in the file's header."
+        f"model's {spacing_mm:g} mm grid: more than a body ({MAX_FIELD_OF_VIEW_MM:.0f} mm along an axis, "
+        f"{MAX_BOX_LITRES / 1000:g} m³, {MAX_GRID_VOXELS:,} voxels); check the voxel spacing in the file's header."
     )
 
 

@@ -38,7 +38,7 @@ def check_output(path: str | os.PathLike, overwrite: bool, make_parents: bool = 
     out = Path(path)
     try:
         st = os.stat(out)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the folder checks below say which
         st = None
         if os.path.lexists(out) and not overwrite:
             raise OutputError(f"{out} exists (a broken symbolic link); pass --overwrite to replace it.") from None

@@ -6,9 +6,12 @@ direction, whole or not at all (`safe_write`), and never over the scan itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -258,9 +261,10 @@ def as_scan(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
         raise ScanError(f"{path}: {_share(bad, values.size)} are NaN or infinite; fix or re-export the scan.")
     if low == high:
         raise ScanError(f"{path}: every voxel has the value {low:g}; the scan is empty.")
-    if values.dtype not in SCAN_DTYPES and max(-float(low), float(high)) > np.finfo(np.float32).max:
-        raise ScanError(f"{path}: values reach {max(-float(low), float(high)):.3g}, beyond what float32 holds "
-                        f"({np.finfo(np.float32).max:.3g}); rescale the scan.")
+    reach, float32_max = max(-float(low), float(high)), float(np.finfo(np.float32).max)
+    if values.dtype not in SCAN_DTYPES and reach > float32_max:
+        raise ScanError(f"{path}: values reach {reach:.3g}, beyond what float32 holds ({float32_max:.3g}); "
+                        "rescale the scan.")
     if values.dtype in SCAN_DTYPES:
         return image
     return sitk.Cast(image, sitk.sitkFloat32)
@@ -315,6 +319,25 @@ def labels_to_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
+@contextlib.contextmanager
+def _c_stderr_kept() -> Iterator[list[str]]:
+    """Hold what C libraries print on file descriptor 2 (nifticlib reports a short write
+    there, not to its caller), so that it becomes part of one message instead of a second;
+    the list gets the text on exit."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.append(sink.read().decode(errors="replace"))
+
+
 def write_labels(
     labels: sitk.Image | np.ndarray,
     path: str | os.PathLike,
@@ -345,10 +368,17 @@ def write_labels(
             image.CopyInformation(reference)
 
     def write(tmp: Path) -> None:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-        except RuntimeError:
-            raise OutputError(f"Cannot write {out}: the image writer failed (is the disk full?).") from None
+        with _c_stderr_kept() as said:
+            try:
+                sitk.WriteImage(image, str(tmp), useCompression=True)
+            except RuntimeError:
+                raise OutputError(f"Cannot write {out}: the image writer failed (is the disk full?).") from None
+        complaint = next((ln for ln in said[0].splitlines() if "ERROR" in ln), None)
+        if complaint is not None:  # nifticlib: "** ERROR: NWAD: wrote only 3744 of 38400 bytes to file"
+            what = complaint.strip(" *").replace("ERROR: ", "")
+            raise OutputError(f"Cannot write {out}: {what} (is the disk full?).")
+        if said[0]:
+            os.write(2, said[0].encode())
 
     def verify(tmp: Path) -> None:
         """ITK writes short files on a full disk without a word, and reads a truncated

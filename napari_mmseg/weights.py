@@ -113,8 +113,13 @@ def save_weights(
         if not whole:
             raise OutputError(f"Cannot write {path}: the written file reads back incomplete (is the disk full?).")
 
-    return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite=True,
-                        verify=verify, make_parents=True)
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # the Rust writer's I/O errors, e.g. a full disk
+            raise OutputError(f"Cannot write {path}: {str(e).rpartition(': ')[2] or e}.") from None
+
+    return write_atomic(path, write, overwrite=True, verify=verify, make_parents=True)
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
