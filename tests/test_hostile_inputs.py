@@ -100,7 +100,8 @@ def no_segmentation(monkeypatch):
     monkeypatch.setattr(inference, "segment_image", ran)
 
 
-def _mount_tmpfs(folder: Path, options: str) -> None:
+def _tmpfs(folder: Path, options: str):
+    """A tmpfs mounted at `folder` for one test, skipped with the reason where it cannot be."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     folder.mkdir()
@@ -108,24 +109,20 @@ def _mount_tmpfs(folder: Path, options: str) -> None:
                           text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture
 def disk(tmp_path):
     """A 1 MB file system of its own, to fill."""
-    folder = tmp_path / "disk"
-    _mount_tmpfs(folder, "size=1m")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    yield from _tmpfs(tmp_path / "disk", "size=1m")
 
 
 @pytest.fixture
 def read_only(tmp_path):
     """A read-only file system (root ignores permission bits, not a read-only mount)."""
-    folder = tmp_path / "ro"
-    _mount_tmpfs(folder, "ro,size=64k")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    yield from _tmpfs(tmp_path / "ro", "ro,size=64k")
 
 
 def fill(disk: Path, leave: int = 0) -> None:
