@@ -147,11 +147,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .safe_write import check_output, write_csv_atomic
     from .scan_io import read_labels, same_geometry
 
-    if args.csv:
-        check_output(args.csv, args.overwrite)
-        if any(Path(args.csv).exists() and Path(args.csv).samefile(p) for p in (args.prediction, args.reference)
-               if Path(p).exists()):
-            raise ScanError(f"Refusing to write the table over the prediction or reference ({args.csv}).")
+    if args.csv:  # checked before the work; never the prediction or reference, even with --overwrite
+        table = check_output(args.csv, args.overwrite)
+        if table.exists() and any(table.samefile(p) for p in (args.prediction, args.reference) if Path(p).exists()):
+            raise ScanError(f"Refusing to write the table over the prediction or reference ({table}).")
     pred_img, ref_img = read_labels(args.prediction), read_labels(args.reference)
     if pred_img.GetSize() != ref_img.GetSize():
         raise ScanError(
