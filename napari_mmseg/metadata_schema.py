@@ -32,10 +32,12 @@ def _pair(item: dict) -> dict:
 
 
 INTENSITY = _number(-1e6, 1e6)  # CT Hounsfield units, MR grey values
+PERCENTILES = {"required": ["percentiles"], "properties": {"percentiles": _pair(_number(0, 100))}}
 NORMALIZATION_KINDS: dict[str, dict] = {
     "window": {"required": ["window", "mean", "std"],
                "properties": {"window": _pair(INTENSITY), "mean": INTENSITY, "std": _number(0, 1e6, True)}},
-    "percentile": {"required": ["percentiles"], "properties": {"percentiles": _pair(_number(0, 100))}},
+    "percentile": PERCENTILES,
+    "foreground": PERCENTILES,  # MR over body voxels: the new training recipe's (on main)
 }
 NORMALIZATION = {
     "type": "object",
@@ -51,7 +53,7 @@ NETWORK = {
         "strides": {"type": "array", "items": {"type": "integer", "enum": [1, 2]}, "minItems": 5, "maxItems": 5},
         "units_per_scale": _int(1, 8),
         "num_classes": {"type": "integer", "const": len(ORGANS) + 1},
-        "in_channels": _int(1, 16),
+        "in_channels": {"type": "integer", "enum": [1, 3]},  # the scan, or it and 2 coordinate channels
         "strided_kernel": {"type": "integer", "enum": [2, 4]},
         "upsample": {"enum": ["transposed", "interpolate"]},
     },
@@ -80,7 +82,7 @@ SCHEMA = {
 _VALIDATOR = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine(
     "integer", lambda checker, v: isinstance(v, int) and not isinstance(v, bool)))(SCHEMA)
 # The normalisation kinds' bounds that must run low to high.
-ORDERED_PAIRS = {"window": "window", "percentile": "percentiles"}
+ORDERED_PAIRS = {"window": "window", "percentile": "percentiles", "foreground": "percentiles"}
 # Fields whose numbers must be finite: bounds alone let NaN through (NaN < x is false).
 FINITE_FIELDS = ("network", "spacing_mm", "patch_size", "normalization")
 
