@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import os
+import signal
 import sys
 import time
 import warnings
@@ -15,12 +16,14 @@ from .config import DEFAULT_VARIANT, PRESETS, VARIANTS
 from .device import DEVICE_CHOICES
 from .errors import MmsegError, ScanError
 from .organs import ORGANS
+from .safe_write import check_output, write_csv_atomic, write_text_atomic
 
 EXIT_ERROR = 1
 
 
 def _scan_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files as given; a folder of scan files gives each file; any other folder is a DICOM series."""
+    """Files as given; a folder of scan files gives each file, except hidden ones (such as
+    `safe_write`'s partial files or macOS `._` twins); any other folder is a DICOM series."""
     from .scan_io import SCAN_SUFFIXES, path_suffix
 
     scans: list[Path] = []
@@ -29,29 +32,37 @@ def _scan_inputs(inputs: Sequence[str]) -> list[Path]:
         if not p.exists():
             raise ScanError(f"{p} does not exist: check the path.")
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and path_suffix(f) in SCAN_SUFFIXES)
+            files = sorted(f for f in p.iterdir()
+                           if f.is_file() and not f.name.startswith(".") and path_suffix(f) in SCAN_SUFFIXES)
             scans.extend(files or [p])
         else:
             scans.append(p)
     return scans
 
 
-def _output_paths(scans: list[Path], output: Path, overwrite: bool) -> list[Path]:
+def _output_paths(scans: list[Path], output: str, overwrite: bool) -> list[Path]:
+    """Where each scan's labels go, checked before any work: a label file for one scan, else
+    a folder (existing, or a name without a file extension)."""
     from .scan_io import LABEL_SUFFIXES, path_suffix, strip_suffix
 
-    if len(scans) == 1 and path_suffix(output) in LABEL_SUFFIXES:
-        outs = [output]
+    out_path = Path(output)
+    suffix = "" if output.endswith(("/", os.sep)) or out_path.is_dir() else path_suffix(out_path)
+    if len(scans) == 1 and suffix in LABEL_SUFFIXES:
+        outs = [out_path]
+    elif len(scans) == 1 and suffix:
+        raise ScanError(f"-o {output}: label files end in .nii.gz, .nii, .nrrd or .mha (a folder name, in /).")
     else:
-        if output.exists() and not output.is_dir():
-            raise ScanError(f"{output} is a file: with several inputs, -o names a folder.")
-        outs = [output / f"{strip_suffix(s)}.nii.gz" for s in scans]
+        if out_path.exists() and not out_path.is_dir():
+            what = "with several inputs, -o names a folder" if len(scans) > 1 else \
+                "give a label file (.nii.gz, .nii, .nrrd, .mha) or a folder"
+            raise ScanError(f"-o {output} is not a folder: {what}.")
+        outs = [out_path / f"{strip_suffix(s)}.nii.gz" for s in scans]
     if len(set(outs)) != len(outs):
         raise ScanError("Two inputs have the same name; segment them into different output folders.")
     for scan, out in zip(scans, outs, strict=True):
-        if out.resolve() == scan.resolve() or any(out.resolve() == s.resolve() for s in scans):
+        if out.exists() and any(out.samefile(s) for s in scans):
             raise ScanError(f"Refusing to write labels over the scan {scan}; choose another output.")
-        if out.exists() and not overwrite:
-            raise ScanError(f"{out} exists; pass --overwrite to replace it, or choose another output.")
+        check_output(out, overwrite, make_parents=True)
     return outs
 
 
@@ -61,15 +72,13 @@ def _report_path(report: str | None, scans: list[Path], outs: list[Path], overwr
     path = Path(report)
     if any(path.resolve() == p.resolve() for p in (*scans, *outs)):
         raise ScanError(f"--report {path} is one of the scans or label files; choose another name.")
-    if path.exists() and not overwrite:
-        raise ScanError(f"{path} exists; pass --overwrite to replace it, or choose another --report.")
-    return path
+    return check_output(path, overwrite)
 
 
-def write_report(path: Path, reports: dict[str, dict]) -> None:
+def write_report(path: Path, reports: dict[str, dict], overwrite: bool) -> None:
     """The review of every scan so far, keyed by scan path (rewritten after each scan, so an
     interrupted batch keeps what it did)."""
-    path.write_text(json.dumps(reports, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(reports, indent=2, allow_nan=False) + "\n", overwrite=overwrite)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -82,7 +91,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     modality = check_modality(args.modality)
     scans = _scan_inputs(args.inputs)
-    outs = _output_paths(scans, Path(args.output), args.overwrite)
+    outs = _output_paths(scans, args.output, args.overwrite)
     report = _report_path(args.report, scans, outs, args.overwrite)
     reports: dict[str, dict] = {}
     weights = Path(args.weights) if args.weights else bundled_weights(args.variant or DEFAULT_VARIANT, modality)
@@ -100,14 +109,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = segment_image(image, loaded, modality, options, progress=progress)
+                try:
+                    result = segment_image(image, loaded, modality, options, progress=progress)
+                except ScanError as e:  # e.g. a grid too large: say which scan, in a batch
+                    raise ScanError(f"{scan}: {e}") from None
         for w in caught:
             print(f"warning: {scan.name}: {w.message}", file=sys.stderr)
-        write_labels(result.labels, out, image, source=scan)
+        write_labels(result.labels, out, image, source=scan, overwrite=args.overwrite)
         if report is not None:
             reports[str(scan)] = {"labels": str(out), "variant": loaded.meta.variant, "modality": modality,
                                   **result.review.to_dict()}
-            write_report(report, reports)
+            write_report(report, reports, overwrite=args.overwrite or len(reports) > 1)
         if not args.quiet:
             print(f"{scan} -> {out} ({loaded.meta.variant}, {modality}, {result.device}, "
                   f"{time.perf_counter() - t0:.1f} s)")
@@ -125,7 +137,13 @@ def parse_label_mapping(text: str) -> dict[int, int]:
         name, _, value = item.partition("=")
         if not value.strip().isdigit():
             raise ScanError(f"Cannot read {item!r} in --ref-labels: write name=id, e.g. liver=6,spleen=1.")
+        if name.strip() in pairs:
+            raise ScanError(f"--ref-labels names {name.strip()} twice.")
         pairs[name.strip()] = int(value)
+    ids = list(pairs.values())
+    shared = sorted({i for i in ids if ids.count(i) > 1})
+    if shared:
+        raise ScanError(f"--ref-labels gives id {shared[0]} to more than one organ: each organ needs its own id.")
     mapping = label_map_from_names(pairs)
     unknown = [n for n in pairs if n not in mapping.values() and label_map_from_names({n: 0}) == {}]
     if unknown:
@@ -153,6 +171,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import dice_scores, mean_dice
     from .scan_io import read_labels, same_geometry
 
+    if args.csv:  # checked before the work; never the prediction or reference, even with --overwrite
+        table = check_output(args.csv, args.overwrite)
+        if table.exists() and any(table.samefile(p) for p in (args.prediction, args.reference) if Path(p).exists()):
+            raise ScanError(f"Refusing to write the table over the prediction or reference ({table}).")
     pred_img, ref_img = read_labels(args.prediction), read_labels(args.reference)
     if pred_img.GetSize() != ref_img.GetSize():
         raise ScanError(
@@ -182,19 +204,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{organ:<14}{dice:>8.4f}{p:>11.1f}{r:>11.1f}")
     print(f"{'mean':<14}{mean_dice(scores):>8.4f}")
     if args.csv:
-        with open(args.csv, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["organ", "dice", "predicted_ml", "reference_ml"])
-            w.writerows(rows)
+        write_csv_atomic(args.csv, ["organ", "dice", "predicted_ml", "reference_ml"], rows, args.overwrite)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     import json
 
-    from .weights import read_metadata
+    from .weights import load_weights
 
-    meta = read_metadata(args.weights)
+    meta = load_weights(args.weights).meta  # the whole file checked: metadata, shapes, finite numbers
     print(json.dumps(json.loads(meta.to_json()), indent=2))
     return 0
 
@@ -266,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-labels", help="the reference's ids by name, e.g. liver=6,spleen=1,kidney_right=2,"
                    "kidney_left=3 (default: dataset.json beside it, else this tool's ids)")
     p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing CSV file")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", help="what a weights file's metadata says")
@@ -300,20 +320,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that writes in progress remove their partial files."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 any error (one line on stderr), 2 bad arguments (argparse),
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except MmsegError as e:
         print(f"mmseg: error: {e}", file=sys.stderr)
     except ValueError as e:  # bad arguments caught by the core (modality, overlap, ...)
         print(f"mmseg: error: {e}", file=sys.stderr)
+    except OSError as e:  # any file-system failure not already explained
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mmseg: error: {where}{e.strerror or e}.", file=sys.stderr)
     except MemoryError:
         print("mmseg: error: out of memory; try --device cpu, a smaller --overlap, or a machine with more memory.",
               file=sys.stderr)
     except KeyboardInterrupt:
         print("mmseg: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("mmseg: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return EXIT_ERROR
 
 

@@ -126,10 +126,19 @@ def label_map_from_names(names_to_ids: dict[str, int]) -> dict[int, int]:
 
 
 def read_dataset_json(path: str | os.PathLike) -> dict:
+    """An nnU-Net dataset.json whose `labels` map names to integer ids (checked: a list, or
+    nnU-Net's region labels such as `"liver": [1, 2]`, cannot be mapped by name)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ScanError(f"Cannot read {path}: {e}") from None
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise ScanError(f"Cannot read {path}: {str(e)[:200] or type(e).__name__}") from None
+    if not isinstance(meta, dict):
+        raise ScanError(f"{path} holds a JSON {type(meta).__name__}, not the object nnU-Net's dataset.json is.")
+    labels = meta.get("labels", {})
+    if not isinstance(labels, dict) or not all(type(v) is int for v in labels.values()):
+        raise ScanError(f"{path}: \"labels\" must map names to integer ids, e.g. {{\"liver\": 1}} "
+                        "(region labels such as [1, 2] are not supported).")
+    return meta
 
 
 def load_nnunet_dataset(folder: str | os.PathLike, modality: str | None = None) -> list[LabelledCase]:

@@ -13,6 +13,10 @@ class WeightsError(MmsegError):
     """A weights file that is missing, corrupt or for another model."""
 
 
+class OutputError(MmsegError):
+    """An output file that cannot be written, or was not written whole."""
+
+
 class DeviceError(MmsegError):
     """A compute device that was asked for but is not there."""
 

@@ -7,7 +7,7 @@ Every trained run caches its scores, so an interrupted study resumes where it st
 
 from __future__ import annotations
 
-import csv
+import io
 import json
 import time
 from dataclasses import dataclass, replace
@@ -22,6 +22,7 @@ from .inference import InferenceOptions, segment_image
 from .metrics import dice_scores
 from .networks.dual_stream import DUAL_STREAM, use_blended_statistics
 from .organs import MODALITIES, ORGANS
+from .safe_write import write_bytes_atomic, write_csv_atomic, write_text_atomic
 from .training import TrainingRun, train
 from .weights import load_weights
 
@@ -99,9 +100,10 @@ def _evaluate(weights: Path, cases: list[LabelledCase], device: str, run_dir: Pa
             # one axial slice as a radiologist sees it (LPS: patient right on the left, anterior up)
             shown = [sitk.GetArrayFromImage(sitk.DICOMOrient(x, "LPS")) for x in (image, pred, ref)]
             z = overlay_slice(shown[2])
-            run_dir.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(run_dir / f"slice-{case.modality}-{case.name}.npz",
-                                image=shown[0][z], pred=shown[1][z], ref=shown[2][z])
+            npz = io.BytesIO()
+            np.savez_compressed(npz, image=shown[0][z], pred=shown[1][z], ref=shown[2][z])
+            write_bytes_atomic(run_dir / f"slice-{case.modality}-{case.name}.npz", npz.getvalue(), overwrite=True,
+                               make_parents=True)
     return rows
 
 
@@ -137,7 +139,7 @@ def run_study(study: StudyConfig, progress: bool = True) -> Path:
                     rows = _evaluate(weights, mine, study.device, run.out_dir / run.name)
                     for r in rows:
                         r.update(repetition=rep, fold=fold, variant=variant)
-                    scores.write_text(json.dumps(rows), encoding="utf-8")
+                    write_text_atomic(scores, json.dumps(rows), overwrite=True)
                     (run.out_dir / f"{run.name}.checkpoint.pt").unlink(missing_ok=True)
                     log(f"rep {rep} fold {fold} {run.name}: {time.perf_counter() - t0:.0f} s, mean Dice "
                         f"{np.nanmean([r['dice'] for r in rows]):.3f}")
@@ -162,11 +164,8 @@ def write_report(out: Path, study: StudyConfig) -> Path:
     every = collect_scores(out)
     rows = [r for r in every if r.get("bn_statistics") != "blended"]
     variants = [v for v in study.variants if any(r["variant"] == v for r in rows)]
-    with open(out / "scores.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["repetition", "fold", "variant", "modality", "case", "organ", "dice",
-                                          "predicted_ml", "reference_ml", "bn_statistics"])
-        w.writeheader()
-        w.writerows(every)
+    _write_csv(out / "scores.csv", every, ["repetition", "fold", "variant", "modality", "case", "organ", "dice",
+                                           "predicted_ml", "reference_ml", "bn_statistics"])
     lines = [f"# Study: {study.folds}-fold cross-validation × {study.repetitions} repetitions, preset {study.preset}",
              "", "Mean Dice ± standard deviation over test cases (all folds and repetitions); in brackets the",
              "paper's value (its Tables 1–3; the paper has no `msbn`).", ""]
@@ -200,15 +199,16 @@ def write_report(out: Path, study: StudyConfig) -> Path:
     lines.append("| std over repetitions | " + " | ".join(
         f"{np.std(per_run[v]):.3f}" if len(per_run[v]) > 1 else "–" for v in variants) + " |")
     lines += _bn_table(every, variants)
-    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["modality", "organ", "variant", "mean", "std", "n"])
-        w.writeheader()
-        w.writerows(summary_rows)
+    _write_csv(out / "summary.csv", summary_rows, ["modality", "organ", "variant", "mean", "std", "n"])
     figures = _plots(out, rows, variants)
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
     report = out / "study.md"
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(report, "\n".join(lines) + "\n", overwrite=True)
     return report
+
+
+def _write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
+    write_csv_atomic(path, fieldnames, [[r.get(k) for k in fieldnames] for r in rows], overwrite=True)
 
 
 def _bn_table(rows: list[dict], variants: list[str]) -> list[str]:
@@ -239,8 +239,10 @@ def _plots(out: Path, rows: list[dict], variants: list[str]) -> list[Path]:
     def save(fig, title: str, name: str) -> None:
         fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=80)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=80)
         plt.close(fig)
+        write_bytes_atomic(out / name, png.getvalue(), overwrite=True)
         written.append(out / name)
 
     for modality in MODALITIES:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import ScanError
 from .organs import check_modality
 
 
@@ -109,6 +110,30 @@ def guess_modality(values: np.ndarray) -> str:
     return "CT" if np.percentile(sample, 2) < -50 else "MR"
 
 
+# A body fits in 2 m along any axis and in 1 m³ (a whole-body CT: 0.7 × 0.7 × 2 m), and a
+# grid beyond 134 million voxels would need tens of GB for the class probabilities: a scan
+# beyond any of these has a wrong spacing in its header.
+MAX_FIELD_OF_VIEW_MM = 2000.0
+MAX_BOX_LITRES = 1000.0
+MAX_GRID_VOXELS = 1 << 27  # 512 × 512 × 512
+
+
+def check_grid_size(extent_mm: np.ndarray, size: list[int], image: sitk.Image, spacing_mm: float) -> None:
+    """Refuse, before allocating anything, a scan whose canonical grid is not a body's."""
+    voxels = math.prod(size)
+    litres = math.prod(float(v) for v in extent_mm) / 1e6
+    if max(extent_mm) <= MAX_FIELD_OF_VIEW_MM and litres <= MAX_BOX_LITRES and voxels <= MAX_GRID_VOXELS:
+        return
+    extent = " × ".join(f"{v:.0f}" for v in extent_mm)
+    stored = " × ".join(str(v) for v in image.GetSize())
+    spacing = " × ".join(f"{v:g}" for v in image.GetSpacing())
+    raise ScanError(
+        f"The scan spans {extent} mm ({stored} voxels of {spacing} mm), {voxels:,} voxels on the "
+        f"model's {spacing_mm:g} mm grid: more than a body ({MAX_FIELD_OF_VIEW_MM:.0f} mm along an axis, "
+        f"{MAX_BOX_LITRES / 1000:g} m³, {MAX_GRID_VOXELS:,} voxels); check the voxel spacing in the file's header."
+    )
+
+
 def canonical_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """An empty LPS-aligned grid at `spacing_mm` that covers the whole scan."""
     size = image.GetSize()
@@ -120,6 +145,7 @@ def canonical_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     corners = np.asarray(corners)
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     n = [max(1, math.ceil((hi[i] - lo[i]) / spacing_mm - 1e-3)) for i in range(3)]
+    check_grid_size(hi - lo, n, image, spacing_mm)
     grid = sitk.Image(n, sitk.sitkUInt8)
     grid.SetSpacing((spacing_mm,) * 3)
     # Rounded, then nudged off the round number: a scan's voxel centres would otherwise fall

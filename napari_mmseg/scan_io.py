@@ -1,20 +1,24 @@
 """Reading scans and writing label maps with SimpleITK, keeping the scan's geometry.
 
 A label map is always written with exactly its source scan's size, spacing, origin and
-direction, atomically (temporary file, then rename), and never over the scan itself.
+direction, whole or not at all (`safe_write`), and never over the scan itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ScanError
+from .errors import OutputError, ScanError
+from .safe_write import write_atomic
 
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -50,10 +54,38 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise ScanError(f"{folder} is a folder without a DICOM series: give a scan file or a DICOM folder.")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    warnings_shown = reader.GetGlobalWarningDisplay()
+    reader.GlobalWarningDisplayOff()  # ITK's multi-line "non uniform sampling" note: checked below instead
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as e:
         raise ScanError(f"Cannot read the DICOM series in {folder}: {_first_line(e)}") from None
+    finally:
+        reader.SetGlobalWarningDisplay(warnings_shown)
+    _check_even_slices(reader, image, folder)
+    return image
+
+
+def _check_even_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
+    """ITK stacks a series with a missing, duplicate or stray slice as if its slices were
+    evenly spaced, distorting the anatomy: refuse it."""
+    key = "0020|0032"  # Image Position (Patient)
+    n = image.GetDepth()
+    if n < 3 or not all(reader.HasMetaDataKey(i, key) for i in range(n)):
+        return
+    try:
+        positions = np.array([[float(v) for v in reader.GetMetaData(i, key).split("\\")] for i in range(n)])
+    except ValueError:
+        return
+    normal = np.reshape(image.GetDirection(), (3, 3))[:, 2]
+    gaps = np.diff(positions @ normal)
+    typical = float(np.median(np.abs(gaps)))
+    if typical == 0 or np.ptp(gaps) > 0.01 * typical + 1e-3:
+        raise ScanError(
+            f"{folder}: the {n} slices are not evenly spaced (gaps from {gaps.min():.2f} to {gaps.max():.2f} mm: "
+            "a missing, duplicate or stray slice); re-export the series."
+        )
 
 
 def _first_line(e: Exception) -> str:
@@ -62,8 +94,8 @@ def _first_line(e: Exception) -> str:
     return (msg or (lines[-1] if lines else type(e).__name__))[:200]
 
 
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """Header size plus voxel data, from a NIfTI-1 header (either byte order)."""
+def _nifti_layout(header: bytes) -> tuple[str, int, int, int, int] | None:
+    """Byte order, voxel count, bits per voxel, datatype code and data offset of a NIfTI-1 header."""
     import struct
 
     if len(header) < 348:
@@ -71,13 +103,44 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
     for order in "<>":
         if struct.unpack(order + "i", header[:4])[0] == 348:
             dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
             vox_offset = struct.unpack(order + "f", header[108:112])[0]
             n = 1
             for d in dims[1 : 1 + max(0, min(dims[0], 7))]:
                 n *= max(int(d), 1)
-            return int(vox_offset) + n * bitpix // 8
+            return order, n, bitpix, datatype, int(vox_offset)
     return None
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Header size plus voxel data, from a NIfTI-1 header (either byte order)."""
+    layout = _nifti_layout(header)
+    return None if layout is None else layout[4] + layout[1] * layout[2] // 8
+
+
+NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+
+
+def _open_nifti(p: Path):
+    import gzip
+
+    return gzip.open(p, "rb") if path_suffix(p) == ".nii.gz" else open(p, "rb")
+
+
+def _nifti_nan_count(p: Path) -> tuple[int, int]:
+    """NaN voxels in a float NIfTI file, and all voxels: ITK's reader turns NaN into 0."""
+    with _open_nifti(p) as f:
+        layout = _nifti_layout(f.read(348))
+        if layout is None or layout[3] not in NIFTI_FLOATS:
+            return 0, 0
+        order, n, _, datatype, offset = layout
+        dtype = np.dtype(order + NIFTI_FLOATS[datatype])
+        f.seek(offset)
+        nan, chunk = 0, 1 << 22
+        for start in range(0, n, chunk):
+            data = f.read(min(chunk, n - start) * dtype.itemsize)
+            nan += int(np.isnan(np.frombuffer(data[: len(data) // dtype.itemsize * dtype.itemsize], dtype)).sum())
+    return nan, n
 
 
 def _check_nifti_complete(p: Path) -> None:
@@ -119,6 +182,11 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if p.stat().st_size == 0:
         raise ScanError(f"{p} is an empty file.")
     _check_nifti_complete(p)
+    if path_suffix(p) in (".nii", ".nii.gz"):
+        nan, total = _nifti_nan_count(p)
+        if nan:
+            raise ScanError(f"{p}: {_share(nan, total)} are NaN (SimpleITK would read them as 0); "
+                            "fix or re-export the file.")
     try:
         if path_suffix(p) == ".nii.gz" and p.with_name(strip_suffix(p) + ".nii").exists():
             # nifticlib opens `x.nii` instead of the `x.nii.gz` asked for when both exist
@@ -144,7 +212,10 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
 
 
 def check_volume(image: sitk.Image, what: str = "scan") -> None:
-    """A 3-D, single-channel volume, at least 2 voxels along every axis."""
+    """A 3-D, single-channel, real-valued volume, at least 2 voxels along every axis, whose
+    direction matrix is a rotation (a sheared or scaled one cannot be written back as it is)."""
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise ScanError(f"The {what} holds complex values (raw MR data?): give a real-valued magnitude image.")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ScanError(
             f"The {what} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
@@ -160,6 +231,12 @@ def check_volume(image: sitk.Image, what: str = "scan") -> None:
         raise ScanError(
             f"The {what} has size {tuple(image.GetSize())}: a single slice is a 2-D image; "
             "give a 3-D volume."
+        )
+    direction = np.reshape(image.GetDirection(), (3, 3))
+    if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-4):
+        raise ScanError(
+            f"The {what}'s direction matrix {np.round(direction, 3).tolist()} is sheared or scaled, not a "
+            "rotation: such a grid cannot be segmented or saved faithfully; resample it first."
         )
 
 
@@ -180,13 +257,22 @@ def as_scan(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
     values = sitk.GetArrayViewFromImage(image)
     low, high = values.min(), values.max()  # a NaN or infinity anywhere shows in one of them
     if not (np.isfinite(low) and np.isfinite(high)):
-        bad = 1.0 - np.isfinite(values).mean()
-        raise ScanError(f"{path}: {bad:.0%} of the voxels are NaN or infinite; fix or re-export the scan.")
+        bad = values.size - int(np.isfinite(values).sum())
+        raise ScanError(f"{path}: {_share(bad, values.size)} are NaN or infinite; fix or re-export the scan.")
     if low == high:
         raise ScanError(f"{path}: every voxel has the value {low:g}; the scan is empty.")
+    reach, float32_max = max(-float(low), float(high)), float(np.finfo(np.float32).max)
+    if values.dtype not in SCAN_DTYPES and reach > float32_max:
+        raise ScanError(f"{path}: values reach {reach:.3g}, beyond what float32 holds ({float32_max:.3g}); "
+                        "rescale the scan.")
     if values.dtype in SCAN_DTYPES:
         return image
     return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def _share(part: int, whole: int) -> str:
+    """`3 of 1200 voxels (0.25 %)`: a count, so that one voxel never reads as 0 %."""
+    return f"{part} of {whole} voxels ({100 * part / whole:.2g} %)"
 
 
 def read_labels(path: str | os.PathLike) -> sitk.Image:
@@ -233,13 +319,34 @@ def labels_to_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
+@contextlib.contextmanager
+def _c_stderr_kept() -> Iterator[list[str]]:
+    """Hold what C libraries print on file descriptor 2 (nifticlib reports a short write
+    there, not to its caller), so that it becomes part of one message instead of a second;
+    the list gets the text on exit."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.append(sink.read().decode(errors="replace"))
+
+
 def write_labels(
     labels: sitk.Image | np.ndarray,
     path: str | os.PathLike,
     reference: sitk.Image,
     source: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write labels with the reference scan's exact geometry, atomically, never over `source`."""
+    """Write labels with the reference scan's exact geometry, never over `source`; the file
+    is complete and reads back as written, or it is not there (`safe_write.write_atomic`)."""
     out = Path(path)
     suffix = path_suffix(out)
     if suffix not in LABEL_SUFFIXES:
@@ -259,16 +366,31 @@ def write_labels(
         else:
             image = sitk.Cast(labels, sitk.sitkUInt8)
             image.CopyInformation(reference)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{strip_suffix(out)}.", suffix=suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a saved file is the user's usual kind
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+
+    def write(tmp: Path) -> None:
+        with _c_stderr_kept() as said:
+            try:
+                sitk.WriteImage(image, str(tmp), useCompression=True)
+            except RuntimeError:
+                raise OutputError(f"Cannot write {out}: the image writer failed (is the disk full?).") from None
+        complaint = next((ln for ln in said[0].splitlines() if "ERROR" in ln), None)
+        if complaint is not None:  # nifticlib: "** ERROR: NWAD: wrote only 3744 of 38400 bytes to file"
+            what = complaint.strip(" *").replace("ERROR: ", "")
+            raise OutputError(f"Cannot write {out}: {what} (is the disk full?).")
+        if said[0]:
+            os.write(2, said[0].encode())
+
+    def verify(tmp: Path) -> None:
+        """ITK writes short files on a full disk without a word, and reads a truncated
+        .nii.gz back as zeros: check the compressed stream and every voxel."""
+        wrong = OutputError(f"Cannot write {out}: the written file reads back incomplete (is the disk full?).")
+        try:
+            _check_nifti_complete(tmp)
+            back = sitk.ReadImage(str(tmp))
+        except (ScanError, RuntimeError):
+            raise wrong from None
+        if not (same_geometry(back, image) and np.array_equal(
+                sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))):
+            raise wrong
+
+    return write_atomic(out, write, overwrite, verify, make_parents=True)

@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import VARIANTS, NetworkConfig
-from .errors import WeightsError
+from .errors import OutputError, WeightsError
+from .metadata_schema import metadata_problem
 from .networks import MultiModalFCN
 from .organs import ORGANS, check_modality
 from .preprocessing import IntensityNorm
+from .safe_write import write_atomic
 
 FORMAT_VERSION = 1
 METADATA_KEY = "napari_mmseg"
@@ -91,19 +94,32 @@ def build_model(meta: ModelMetadata) -> MultiModalFCN:
 def save_weights(
     model: MultiModalFCN, meta: ModelMetadata, path: str | os.PathLike, half: bool = False
 ) -> Path:
-    """Write tensors and metadata atomically; `half` stores float tensors as float16."""
+    """Write tensors and metadata whole or not at all (replacing an older file of that name);
+    `half` stores float tensors as float16."""
     tensors = {}
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         if half and t.is_floating_point():
             t = t.half()
         tensors[name] = t
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: meta.to_json()})
-    os.replace(tmp, out)
-    return out
+    metadata = {METADATA_KEY: meta.to_json()}
+
+    def verify(tmp: Path) -> None:
+        try:
+            with safe_open(str(tmp), framework="pt") as f:
+                whole = f.metadata() == metadata and set(f.keys()) == set(tensors)
+        except (SafetensorError, OSError, ValueError):
+            whole = False
+        if not whole:
+            raise OutputError(f"Cannot write {path}: the written file reads back incomplete (is the disk full?).")
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # the Rust writer's I/O errors, e.g. a full disk
+            raise OutputError(f"Cannot write {path}: {str(e).rpartition(': ')[2] or e}.") from None
+
+    return write_atomic(path, write, overwrite=True, verify=verify, make_parents=True)
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
@@ -120,14 +136,20 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
     if raw is None:
         raise WeightsError(f"{p} is a safetensors file without napari-mmseg metadata; it is not ours.")
     try:
-        meta = ModelMetadata.from_json(raw)
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise WeightsError(f"{p} has unreadable napari-mmseg metadata ({str(e)[:100] or 'nested too deeply'}).") \
+            from None
+    version = doc.get("format_version") if isinstance(doc, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise WeightsError(f"{p} uses weights format {version}; upgrade napari-mmseg.")
+    problem = metadata_problem(doc)
+    if problem is not None:
+        raise WeightsError(f"{p} has invalid napari-mmseg metadata: {problem}.")
+    try:
+        return ModelMetadata.from_json(raw)
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{p} has unreadable napari-mmseg metadata ({e}).") from None
-    if meta.format_version > FORMAT_VERSION:
-        raise WeightsError(f"{p} uses weights format {meta.format_version}; upgrade napari-mmseg.")
-    if meta.variant not in VARIANTS:
-        raise WeightsError(f"{p} is for an unknown variant {meta.variant!r}.")
-    return meta
 
 
 def load_weights(
@@ -142,8 +164,8 @@ def load_weights(
         raise WeightsError(
             f"{p.name} ({meta.variant}) was trained for {'/'.join(meta.modalities)}, not {modality}."
         )
-    model = build_model(meta)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only: nothing allocated before the file is known to match
+        expected = build_model(meta).state_dict()
     try:
         with safe_open(str(p), framework="pt") as f:
             stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
@@ -160,6 +182,10 @@ def load_weights(
             if keys
         )
         raise WeightsError(f"{p.name} does not match a {meta.variant} network as its metadata describes: {what}.")
+    broken = [k for k in expected if stored[k].is_floating_point() and not torch.isfinite(stored[k]).all()]
+    if broken:
+        raise WeightsError(f"{p.name} holds NaN or infinite weights ({', '.join(broken[:3])}): it is damaged.")
+    model = build_model(meta)
     model.load_state_dict({k: stored[k].to(expected[k].dtype) for k in expected})
     model.eval()
     return LoadedModel(model, meta, p)

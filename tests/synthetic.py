@@ -53,3 +53,21 @@ def write_dataset(root: Path, modality: str, n: int, seed: int = 0) -> Path:
     (root / "dataset.json").write_text(json.dumps(
         {"channel_names": {"0": modality}, "labels": ids, "numTraining": n, "file_ending": ".nii.gz"}))
     return root
+
+
+def write_dicom_series(folder: Path, values: np.ndarray, z_mm: list[float], pixel_mm: float = 0.8) -> Path:
+    """One CT slice file per plane of `values` (z, y, x), at the given slice positions."""
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for i, (plane, z) in enumerate(zip(values, z_mm, strict=True)):
+        slice_ = sitk.GetImageFromArray(plane)
+        slice_.SetSpacing((pixel_mm, pixel_mm))
+        for tag, value in {
+            "0008|0060": "CT", "0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0020|0013": str(i + 1),
+            "0020|0032": f"0\\0\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": f"{pixel_mm}\\{pixel_mm}",
+            "0008|0018": f"1.2.3.4.{i + 1}",
+        }.items():
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{i:03d}.dcm"))
+        writer.Execute(slice_)
+    return folder

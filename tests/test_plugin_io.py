@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 from napari.layers import Labels
 from npe2 import PluginManager, PluginManifest
+from synthetic import write_dicom_series
 
 from napari_mmseg.errors import ScanError
 from napari_mmseg.organs import ORGAN_BY_NAME
@@ -107,19 +108,7 @@ def test_nnunet_labels_take_their_names_from_dataset_json(data_dir, tmp_path):
 
 def test_dicom_series_folder_opens_as_one_volume(tmp_path):
     values = (np.arange(4 * 6 * 5).reshape(4, 6, 5) * 7 - 900).astype(np.int16)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(values.shape[0]):
-        slice_ = sitk.GetImageFromArray(values[z])
-        slice_.SetSpacing((0.8, 0.8))
-        for tag, value in {
-            "0008|0060": "CT", "0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0020|0013": str(z + 1),
-            "0020|0032": f"0\\0\\{2.5 * z}", "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "0.8\\0.8",
-            "0008|0018": f"1.2.3.4.{z + 1}",
-        }.items():
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(tmp_path / f"slice{z}.dcm"))
-        writer.Execute(slice_)
+    write_dicom_series(tmp_path, values, [2.5 * z for z in range(4)])
     data, kwargs, kind = read(tmp_path)
     assert kind == "image"
     assert data.shape == values.shape

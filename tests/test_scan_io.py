@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_mmseg.errors import ScanError
+from napari_mmseg.errors import OutputError, ScanError
 from napari_mmseg.scan_io import read_labels, read_scan, same_geometry, write_labels
 
 
@@ -84,11 +84,14 @@ def write4d(tmp_path):
         (lambda p: write4d(p), "4-D"),
         (lambda p: write(p, "slice.nii.gz", np.random.rand(1, 5, 6).astype(np.float32)), "single slice"),
         (lambda p: write(p, "nan.nrrd", np.full((4, 5, 6), np.nan, np.float32)), "NaN"),
-        (lambda p: write(p, "one-nan.mha", np.where(np.arange(120).reshape(4, 5, 6) == 7, np.nan, 1.0)), "1% .*NaN"),
+        (lambda p: write(p, "one-nan.mha", np.where(np.arange(120).reshape(4, 5, 6) == 7, np.nan, 1.0)),
+         "1 of 120 voxels .*NaN"),
         (lambda p: write(p, "one-inf.nrrd", np.where(np.arange(120).reshape(4, 5, 6) == 7, -np.inf, 1.0)),
          "infinite"),
-        # NIfTI I/O turns NaN into 0: the volume arrives empty, and says so
-        (lambda p: write(p, "nan.nii.gz", np.full((4, 5, 6), np.nan, np.float32)), "empty"),
+        # NIfTI I/O would turn NaN into 0: the file's own voxels are counted instead
+        (lambda p: write(p, "nan.nii.gz", np.full((4, 5, 6), np.nan, np.float32)), "120 of 120 voxels .*NaN .*as 0"),
+        (lambda p: write(p, "one-nan.nii", np.where(np.arange(120).reshape(4, 5, 6) == 7, np.nan, 1.0)),
+         "1 of 120 voxels .*NaN"),
         (lambda p: write(p, "const.nii.gz", np.zeros((4, 5, 6), np.float32)), "empty"),
     ],
 )
@@ -175,8 +178,8 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sitk, "WriteImage", broken)
-    with pytest.raises(RuntimeError):
-        write_labels(np.zeros((6, 7, 8), np.uint8), out, scan)
+    with pytest.raises(OutputError, match="writer failed"):
+        write_labels(np.zeros((6, 7, 8), np.uint8), out, scan, overwrite=True)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]
 

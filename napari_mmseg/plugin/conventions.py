@@ -29,7 +29,9 @@ def names_from_dataset_json(path: Path) -> dict[int, str]:
     """Label id → name from an nnU-Net dataset.json (v2 `name: id`, or v1 `"id": name`)."""
     try:
         labels = json.loads(path.read_text(encoding="utf-8")).get("labels", {})
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return {}
+    if not isinstance(labels, dict):
         return {}
     if all(str(k).isdigit() for k in labels):
         return {int(k): str(v) for k, v in labels.items() if int(k) != 0}

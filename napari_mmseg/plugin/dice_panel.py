@@ -8,7 +8,6 @@ The prediction follows the newest result of the segmentation widget until the us
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +18,10 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, T
 from napari.layers import Labels
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QSizePolicy, QStyledItemDelegate
 
+from ..errors import OutputError
 from ..metrics import OrganScore, dice_scores, mean_dice
 from ..organs import ORGAN_BY_NAME
+from ..safe_write import write_csv_atomic
 from .conventions import CONVENTIONS, OURS, parse_mapping, to_our_ids
 from .edits import EditWatcher
 from .layers import CONVENTION, LABEL_NAMES, MODEL
@@ -206,13 +207,11 @@ class DicePanel(Container):
              f"{s.dice:.4f}", f"{s.predicted_ml:.2f}", f"{s.reference_ml:.2f}"]
             for s in self.scores
         ]
-        try:
-            with open(path, "w", newline="", encoding="utf-8") as f:
-                out = csv.writer(f)
-                out.writerow(["prediction", "reference", "organ", "dice", "predicted_ml", "reference_ml"])
-                out.writerows(rows)
-        except OSError as e:
-            self._message.value = f"Could not save {path}: {e.strerror or e}."
+        header = ["prediction", "reference", "organ", "dice", "predicted_ml", "reference_ml"]
+        try:  # the save dialog has already asked whether to replace an existing file
+            write_csv_atomic(path, header, rows, overwrite=True)
+        except OutputError as e:
+            self._message.value = str(e)
             return
         self._message.value = f"Saved {path}."
 

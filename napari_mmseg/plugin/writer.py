@@ -1,7 +1,7 @@
 """Writer: a Labels layer to NIfTI/NRRD/MHA on exactly its source scan's grid.
 
 The labels go back through the inverse of the display reorientation, are written to a
-temporary file and renamed (`scan_io.write_labels`), and never replace the scan itself.
+temporary file, checked and renamed (`scan_io.write_labels`), and never replace the scan itself.
 """
 
 from __future__ import annotations
@@ -29,5 +29,6 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     geometry = layer_geometry(values, meta)
     labels = labels_to_source(values.astype(np.uint8, copy=False), geometry)
     scan = meta.get("metadata", {}).get(SCAN)
-    written = write_labels(labels, path, reference=labels, source=scan)
+    # napari's save dialog has already asked whether to replace an existing file
+    written = write_labels(labels, path, reference=labels, source=scan, overwrite=True)
     return [str(Path(written))]

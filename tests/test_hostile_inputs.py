@@ -1,0 +1,434 @@
+"""Hostile inputs made on the fly (issue 11's catalogue): a full disk, races, signals,
+forged weights, impossible geometry. Each must end in exit 1 with exactly one line on
+stderr and no traceback, and leave every file as it was: nothing created, nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import make_weights
+from safetensors import safe_open
+from safetensors.torch import save_file
+from synthetic import write_dicom_series
+
+from napari_mmseg import inference
+from napari_mmseg.cli import main
+from napari_mmseg.errors import OutputError, ScanError
+from napari_mmseg.safe_write import PARTIAL_PREFIX
+from napari_mmseg.scan_io import write_labels
+from napari_mmseg.weights import METADATA_KEY, load_weights, save_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_scan(path: Path, values: np.ndarray | None = None, spacing=(4.0, 4.0, 4.0), direction=None,
+              shape=(12, 20, 20)) -> Path:
+    """A small CT-like volume (air on one side, soft tissue elsewhere) the tiny network segments in a second."""
+    if values is None:
+        values = np.random.default_rng(0).normal(40, 10, shape).astype(np.int16)
+        values[:, :, :4] = -1000
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing(spacing)
+    if direction is not None:
+        image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every entry below `folder` and its content, without following links."""
+    state = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = Path(root) / name
+            rel = str(p.relative_to(folder))
+            if p.is_symlink():
+                state[rel] = "link to " + os.readlink(p)
+            elif p.is_file():
+                state[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                state[rel] = "folder"
+    return state
+
+
+def refused(capfd, argv: list, folder: Path, match: str = "") -> str:
+    """Run `mmseg argv`; assert exit 1, one `mmseg: error:` line, and `folder` untouched."""
+    before = snapshot(folder)
+    capfd.readouterr()
+    code = main([str(a) for a in argv])
+    err = capfd.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 1, err
+    assert len(lines) == 1 and lines[0].startswith("mmseg: error: "), err
+    assert "Traceback" not in err
+    assert re.search(match, lines[0]), lines[0]
+    assert snapshot(folder) == before
+    return lines[0]
+
+
+def segment_args(scan, out, weights, *extra) -> list:
+    return ["segment", scan, "-o", out, "--modality", "CT", "--weights", weights, "--device", "cpu", "-q", *extra]
+
+
+@pytest.fixture
+def scan(tmp_path) -> Path:
+    return tiny_scan(tmp_path / "scan.nii.gz")
+
+
+@pytest.fixture
+def no_segmentation(monkeypatch):
+    """Outputs must be refused before the work: a segmentation that starts fails the test."""
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the segmentation ran before the output was checked")
+
+    monkeypatch.setattr(inference, "segment_image", ran)
+
+
+def _tmpfs(folder: Path, options: str):
+    """A tmpfs mounted at `folder` for one test, skipped with the reason where it cannot be."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A 1 MB file system of its own, to fill."""
+    yield from _tmpfs(tmp_path / "disk", "size=1m")
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only file system (root ignores permission bits, not a read-only mount)."""
+    yield from _tmpfs(tmp_path / "ro", "ro,size=64k")
+
+
+def fill(disk: Path, leave: int = 0) -> None:
+    """Fill `disk` until it refuses more, then free `leave` bytes."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\1" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+
+
+# ---------------------------------------------------------------- full disk
+
+
+@pytest.mark.parametrize(("name", "leave"), [("prev.nii.gz", 0), ("prev.nii", 4096), ("prev.mha", 0),
+                                             ("prev.nrrd", 0)])
+def test_full_disk_keeps_the_previous_labels(capfd, disk, tmp_path, scan, tiny_weights, name, leave):
+    big = tiny_scan(tmp_path / "big.nii.gz", shape=(24, 40, 40))
+    assert main([str(a) for a in segment_args(big, disk / name, tiny_weights)]) == 0
+    fill(disk, leave)
+    refused(capfd, segment_args(big, disk / name, tiny_weights, "--overwrite"), disk, "Cannot write .*prev")
+
+
+def test_full_disk_creates_no_labels_file(capfd, disk, scan, tiny_weights):
+    fill(disk, 4096)
+    refused(capfd, segment_args(scan, disk / "new.nii", tiny_weights), disk, "Cannot write")
+    assert not list(disk.glob(PARTIAL_PREFIX + "*"))
+
+
+def test_full_disk_csv_and_weights(capfd, disk, tmp_path):
+    labels = tiny_scan(tmp_path / "pred.nii.gz", np.ones((4, 5, 6), np.uint8))
+    good = make_weights(disk / "w.safetensors")
+    fill(disk, 0)
+    refused(capfd, ["evaluate", labels, labels, "--csv", disk / "t.csv"], disk, "No space left")
+    before = good.read_bytes()
+    loaded = load_weights(good)
+    with pytest.raises(OutputError, match="Cannot write"):
+        save_weights(loaded.model, loaded.meta, good)
+    assert good.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["filler", "w.safetensors"]
+
+
+# ---------------------------------------------------------------- outputs refused before the work
+
+
+@pytest.mark.parametrize(("make_output", "match"), [
+    (lambda d: (d / "file.txt").write_text("x") and d / "file.txt" / "labels.nii.gz", "is a file, not a folder"),
+    (lambda d: (d / "loop.nii.gz").symlink_to(d / "loop.nii.gz") or d / "loop.nii.gz", "symbolic links"),
+    (lambda d: (d / "old.nii.gz").write_text("keep me") and d / "old.nii.gz", "exists; pass --overwrite"),
+    (lambda d: Path("/dev/null"), "not a folder"),
+    (lambda d: d / "labels.png", "label files end in"),
+])
+def test_unwritable_outputs_are_refused_before_segmenting(capfd, tmp_path, scan, tiny_weights, no_segmentation,
+                                                          make_output, match):
+    refused(capfd, segment_args(scan, make_output(tmp_path), tiny_weights), tmp_path, match)
+
+
+def test_read_only_output_folder(capfd, read_only, tmp_path, scan, tiny_weights, no_segmentation):
+    refused(capfd, segment_args(scan, read_only / "labels.nii.gz", tiny_weights), tmp_path, "not writable")
+    refused(capfd, segment_args(scan, read_only / "sub" / "labels.nii.gz", tiny_weights), tmp_path, "not writable")
+    refused(capfd, ["evaluate", scan, scan, "--csv", read_only / "t.csv"], tmp_path, "not writable")
+
+
+@pytest.fixture
+def labels_pair(tmp_path) -> tuple[Path, Path]:
+    values = np.zeros((4, 5, 6), np.uint8)
+    values[1:3, 1:4, 1:5] = 1
+    return tiny_scan(tmp_path / "pred.nii.gz", values), tiny_scan(tmp_path / "ref.nii.gz", values)
+
+
+@pytest.mark.parametrize(("csv", "extra", "match"), [
+    ("missing/t.csv", (), "does not exist"),
+    ("pred.nii.gz", (), "exists; pass --overwrite"),
+    ("ref.nii.gz", ("--overwrite",), "over the prediction or reference"),
+    (".", ("--overwrite",), "is a folder"),
+])
+def test_csv_never_replaces_what_it_should_not(capfd, tmp_path, labels_pair, csv, extra, match):
+    refused(capfd, ["evaluate", *labels_pair, "--csv", tmp_path / csv, *extra], tmp_path, match)
+
+
+# ---------------------------------------------------------------- races and signals
+
+
+def test_a_file_that_appears_during_the_run_is_kept(capfd, tmp_path, scan, tiny_weights, monkeypatch):
+    out = tmp_path / "labels.nii.gz"
+    real = sitk.WriteImage
+
+    def intruder(*args, **kwargs):  # after every check, while our temporary file is written
+        out.write_bytes(b"another program's file")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", intruder)
+    capfd.readouterr()
+    assert main([str(a) for a in segment_args(scan, out, tiny_weights)]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "appeared while this ran" in err[0]
+    assert out.read_bytes() == b"another program's file"
+    assert not list(tmp_path.glob(PARTIAL_PREFIX + "*"))
+
+
+def test_concurrent_writers_to_one_path_give_one_file(tmp_path):
+    reference = sitk.GetImageFromArray(np.zeros((16, 32, 32), np.uint8))
+    out = tmp_path / "labels.nii.gz"
+    start, results = threading.Barrier(4), {}
+
+    def writer(k: int) -> None:
+        start.wait()
+        try:
+            write_labels(np.full((16, 32, 32), k, np.uint8), out, reference)
+            results[k] = "written"
+        except OutputError as e:
+            results[k] = str(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [k for k, r in results.items() if r == "written"]
+    assert len(winners) == 1, results
+    assert all(re.search("appeared while this ran|exists", r) for k, r in results.items() if k != winners[0])
+    assert np.all(sitk.GetArrayFromImage(sitk.ReadImage(str(out))) == winners[0])
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]
+
+
+def test_sigterm_during_the_write_leaves_nothing(tmp_path, scan, tiny_weights):
+    out, marker = tmp_path / "out" / "labels.nii.gz", tmp_path / "writing"
+    child = (
+        "import pathlib, sys, time, SimpleITK as sitk\n"
+        "real = sitk.WriteImage\n"
+        "def slow(*args, **kwargs):\n"
+        "    real(*args, **kwargs)\n"
+        f"    pathlib.Path({str(marker)!r}).touch()\n"
+        "    time.sleep(120)\n"
+        "sitk.WriteImage = slow\n"
+        "from napari_mmseg.cli import main\n"
+        f"sys.exit(main({[str(a) for a in segment_args(scan, out, tiny_weights)]!r}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), "the child never reached the write"
+    assert list(out.parent.glob(PARTIAL_PREFIX + "*")), "the partial file should exist mid-write"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines() == ["mmseg: terminated"]
+    assert list(out.parent.iterdir()) == []
+
+
+def test_folder_input_ignores_partial_and_hidden_files(capfd, tmp_path, scan, tiny_weights):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    scan.rename(scans / "a.nii.gz")
+    (scans / f"{PARTIAL_PREFIX}x.nii.gz").write_bytes(b"\x1f\x8b half a file")
+    (scans / ".lab.x1y2.nii.gz").write_bytes(b"\x1f\x8b an older version's leftover")
+    assert main([str(a) for a in segment_args(scans, tmp_path / "out", tiny_weights)]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.nii.gz"]
+
+
+# ---------------------------------------------------------------- forged weights
+
+
+def _nested(depth: int) -> object:
+    value: object = 0
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+FORGERIES = {
+    "network is a list": lambda d: d.update(network=[16, 32]),
+    "normalization is text": lambda d: d.update(normalization="CT"),
+    "classes is a list": lambda d: d.update(classes=["liver"]),
+    "no MR normalisation": lambda d: d["normalization"].pop("MR"),
+    "spacing 0": lambda d: d.update(spacing_mm=0),
+    "spacing negative": lambda d: d.update(spacing_mm=-3.0),
+    "spacing text": lambda d: d.update(spacing_mm="3"),
+    "patch 100000": lambda d: d.update(patch_size=100_000),
+    "patch not a multiple": lambda d: d.update(patch_size=30),
+    "stride 0": lambda d: d["network"].update(strides=[1, 0, 2, 2, 1]),
+    "negative filters": lambda d: d["network"].update(filters=[-4, 8, 8, 8, 8]),
+    "huge filters": lambda d: d["network"].update(filters=[10**6] * 5),
+    "fractional filters": lambda d: d["network"].update(filters=[4.0, 8, 8, 8, 8]),
+    "a million units": lambda d: d["network"].update(units_per_scale=10**6),
+    "deep metadata": lambda d: d.update(training=_nested(40)),
+    "NaN std": lambda d: d["normalization"]["CT"].update(std=float("nan")),
+    "zero std": lambda d: d["normalization"]["CT"].update(std=0.0),
+    "reversed window": lambda d: d["normalization"]["CT"].update(window=[275.0, -125.0]),
+    "infinite window": lambda d: d["normalization"]["CT"].update(window=[float("-inf"), 275.0]),
+    "reversed percentiles": lambda d: d["normalization"]["MR"].update(percentiles=[99.5, 0.5]),
+    "unknown kind": lambda d: d["normalization"]["MR"].update(kind="histogram"),
+    "unknown variant": lambda d: d.update(variant="v9"),
+    "format version text": lambda d: d.update(format_version="1"),
+    "empty metadata": lambda d: d.clear(),
+}
+
+
+def forge(tiny_weights: Path, path: Path, mutate=None, raw: str | None = None, nan_tensor: bool = False) -> Path:
+    with safe_open(str(tiny_weights), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
+        doc = json.loads(f.metadata()[METADATA_KEY])
+    if mutate is not None:
+        mutate(doc)
+    if nan_tensor:
+        name = next(k for k, t in tensors.items() if t.is_floating_point() and t.numel() > 1)
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[0] = torch.nan
+    save_file(tensors, str(path), metadata={METADATA_KEY: raw if raw is not None else json.dumps(doc)})
+    return path
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_forged_metadata_is_one_line_for_info_and_segment(capfd, tmp_path, scan, tiny_weights, forgery):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    weights = forge(tiny_weights, tmp_path / "forged.safetensors", FORGERIES[forgery])
+    refused(capfd, ["info", weights], tmp_path, "metadata")
+    refused(capfd, segment_args(scan, tmp_path / "labels.nii.gz", weights), tmp_path, "metadata")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 300, f"refusing {forgery} took {grown_mb:.0f} MB"
+
+
+def test_metadata_nested_beyond_the_parser_and_nan_weights(capfd, tmp_path, scan, tiny_weights):
+    with safe_open(str(tiny_weights), framework="pt") as f:
+        text = f.metadata()[METADATA_KEY]
+    deep = text[:-1] + ', "training": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    refused(capfd, ["info", forge(tiny_weights, tmp_path / "deep.safetensors", raw=deep)], tmp_path,
+            "unreadable napari-mmseg metadata")
+    nan = forge(tiny_weights, tmp_path / "nan.safetensors", nan_tensor=True)
+    refused(capfd, ["info", nan], tmp_path, "NaN or infinite weights")
+    refused(capfd, segment_args(scan, tmp_path / "labels.nii.gz", nan), tmp_path, "NaN or infinite weights")
+
+
+# ---------------------------------------------------------------- scans
+
+
+def _dicom(folder: Path, z_mm: list[float]) -> Path:
+    folder.mkdir()
+    values = np.random.default_rng(2).normal(40, 30, (len(z_mm), 16, 16)).astype(np.int16)
+    return write_dicom_series(folder, values, z_mm, pixel_mm=4.0)
+
+
+SCANS = {
+    "complex": (lambda d: tiny_scan(d / "c.nii.gz", (np.ones((4, 5, 6)) * (1 + 2j)).astype(np.complex64)),
+                "complex values"),
+    "beyond float32": (lambda d: tiny_scan(d / "f.nrrd", np.linspace(0, 1e39, 120).reshape(4, 5, 6)),
+                       "beyond what float32 holds"),
+    "one NaN voxel in NIfTI": (lambda d: tiny_scan(
+        d / "n.nii", np.where(np.arange(120).reshape(4, 5, 6) == 7, np.nan, np.arange(120.0).reshape(4, 5, 6))),
+        "1 of 120 voxels .*NaN"),
+    "sheared direction": (lambda d: tiny_scan(d / "s.mha", direction=(1, 0.3, 0, 0, 1, 0, 0, 0, 1)),
+                          "sheared or scaled"),
+    "scaled direction": (lambda d: tiny_scan(d / "scaled.mha", direction=(2, 0, 0, 0, 1, 0, 0, 0, 1)),
+                         "sheared or scaled"),
+    "100 mm voxels": (lambda d: tiny_scan(d / "h.nii.gz", np.random.default_rng(0).normal(
+        0, 100, (10, 20, 20)).astype(np.int16), spacing=(100.0, 100.0, 100.0)), r"2000 × 2000 × 1000 mm.*voxels"),
+    "DICOM with a duplicate slice": (lambda d: _dicom(d / "dup", [0, 4, 8, 8, 12, 16]), "not evenly spaced"),
+    "DICOM with a missing slice": (lambda d: _dicom(d / "gap", [0, 4, 8, 16, 20, 24]), "not evenly spaced"),
+}
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Scans must be refused before the network: one that runs fails the test (and fast)."""
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the network ran on a scan that should have been refused")
+
+    monkeypatch.setattr(inference, "predict_probabilities", ran)
+
+
+@pytest.mark.parametrize("kind", sorted(SCANS))
+def test_unusable_scans_are_one_line(capfd, tmp_path, tiny_weights, no_network, kind):
+    make, match = SCANS[kind]
+    scan = make(tmp_path)
+    refused(capfd, segment_args(scan, tmp_path / "labels.nii.gz", tiny_weights), tmp_path, match)
+
+
+def test_napari_reader_explains_complex_scans(tmp_path):
+    from napari_mmseg.plugin.reader import read_layers
+
+    path, match = SCANS["complex"][0](tmp_path), SCANS["complex"][1]
+    with pytest.raises(ScanError, match=match):
+        read_layers(str(path))
+
+
+def test_evenly_spaced_dicom_still_reads(capfd, tmp_path, tiny_weights):
+    series = _dicom(tmp_path / "ok", [0, 4, 8, 12, 16, 20])
+    assert main([str(a) for a in segment_args(series, tmp_path / "l.nii.gz", tiny_weights)]) == 0
+
+
+# ---------------------------------------------------------------- messages
+
+
+def test_reference_ids_given_twice(capfd, tmp_path, labels_pair):
+    refused(capfd, ["evaluate", *labels_pair, "--ref-labels", "liver=1,spleen=1"], tmp_path, "more than one organ")
+
+
+@pytest.mark.parametrize("content", ['["liver", "spleen"]', '{"labels": {"liver": [1, 2], "spleen": 3}}',
+                                     '{"labels": ["liver"]}'])
+def test_unusable_dataset_json_beside_the_reference(capfd, tmp_path, labels_pair, content):
+    (tmp_path / "dataset.json").write_text(content)
+    refused(capfd, ["evaluate", *labels_pair], tmp_path, "dataset.json")
