@@ -22,7 +22,8 @@ def test_progress_reaches_one_and_never_goes_back(ct_scan, tiny_weights):
     windows = [s for s in stages if s.startswith("windows ")]
     n = int(windows[-1].split()[-1])
     assert stages[0] == "resampling to the model's grid" and windows[0] == f"windows 0 of {n}"
-    assert windows[-1] == f"windows {n} of {n}" and stages[-2:] == ["resampling back to the scan's grid", "done"]
+    assert windows[-1] == f"windows {n} of {n}" and stages[-4:] == [
+        "resampling back to the scan's grid", "confidence and uncertainty maps", "checking the organs", "done"]
 
 
 def test_cancel_between_windows(ct_scan, tiny_weights):
