@@ -36,16 +36,19 @@ def test_bundled_weights_say_how_they_were_made(path):
             assert meta.validation_dice[modality]["mean"] > 0.7, "validation Dice recorded at training time"
 
 
+KIDNEYS_AT_LEAST = 0.6
 CT_SERVING = [p for p in BUNDLED if "CT" in load_weights(p).meta.modalities]
 
 
 @pytest.mark.parametrize("path", CT_SERVING, ids=[p.stem for p in CT_SERVING])
-def test_liver_and_spleen_on_a_ct_from_another_scanner(path, ct_scan, data_dir):
-    """The TotalSegmentator example CT: another scanner, no contrast, never trained on. Its
-    reference is model-made, and its kidneys (12–16 HU) are a known miss (model card)."""
+def test_every_organ_on_a_non_contrast_ct_from_another_scanner(path, ct_scan, data_dir):
+    """The TotalSegmentator example CT: another scanner, true HU, no contrast (kidneys at
+    12–16 HU), never trained on; its reference is model-made. Before the appearance
+    augmentation (issue 10) the kidneys were missed (0.00–0.38 for the right one)."""
     image = sitk.ReadImage(str(ct_scan))
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "totalsegmentator-examples" / "example_seg.nii.gz")))
-    ref = np.select([ref == 5, ref == 1], [1, 2], 0)  # TotalSegmentator liver 5, spleen 1 → ours 1, 2
-    pred = sitk.GetArrayFromImage(segment_image(image, load_weights(path), "CT", InferenceOptions(device="cpu")).labels)
-    scores = dice_scores(np.where(pred <= 2, pred, 0), ref, image.GetSpacing())
-    assert scores[0].dice > 0.75 and scores[1].dice > 0.75, [round(s.dice, 3) for s in scores[:2]]
+    ref = np.select([ref == 5, ref == 1, ref == 2, ref == 3], [1, 2, 3, 4], 0)  # TotalSegmentator ids → ours
+    options = InferenceOptions(device="cpu", uncertainty=False)
+    pred = sitk.GetArrayFromImage(segment_image(image, load_weights(path), "CT", options).labels)
+    dice = [round(s.dice, 3) for s in dice_scores(pred, ref, image.GetSpacing())]
+    assert dice[0] > 0.75 and dice[1] > 0.75 and min(dice[2:]) > KIDNEYS_AT_LEAST, dice

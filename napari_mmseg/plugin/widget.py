@@ -25,6 +25,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QSizePolicy
 
+from ..config import DEFAULT_VARIANT
 from ..display_geometry import DisplayGeometry, image_from_layer
 from ..errors import Cancelled, MmsegError
 from ..organs import MODALITIES
@@ -193,6 +194,7 @@ class SegmentationWidget(Container):
             bundled = available_variants(self._modality.value)
         except MmsegError:
             bundled = []
+        bundled.sort(key=lambda v: v != DEFAULT_VARIANT)  # the default first: a new widget starts on it
         return [(v, v) for v in bundled] + [("weights file…", WEIGHTS_FILE)]
 
     def _device_choices(self) -> list[tuple[str, str]]:
