@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from .augmentation import AugmentationConfig
-
 VARIANTS = ("individual", "joint", "v1", "v2", "v3", "v4", "msbn")
 # The bundled weights to use when nobody says: the best on held-out patients and in the
 # cross-validated study on CT, level with the best on MR (docs/model-card.md, docs/results.md).
@@ -53,6 +51,38 @@ class NetworkConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
         return cls(**kw)
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Probabilities and ranges; `enabled=False` gives the paper's noise-and-offset only."""
+
+    enabled: bool = True
+    ct_window_shift_hu: float = 60.0  # random HU offset before the window, ± this
+    ct_window_scale: tuple[float, float] = (0.8, 1.2)  # random HU scale before the window
+    p_class_wise: float = 0.5  # organ-wise brightness/contrast (enhancement differences)
+    class_shift: float = 0.3  # ± this in the unit range
+    class_scale: tuple[float, float] = (0.6, 1.4)
+    p_curve: float = 0.6  # a random intensity curve through random control points
+    p_curve_non_monotone: float = 0.35  # of those, non-monotone (otherwise monotone)
+    p_curve_inverted: float = 0.3  # of the monotone ones, decreasing (T1 ↔ T2)
+    curve_points: int = 4
+    p_gamma: float = 0.4
+    gamma: tuple[float, float] = (0.5, 2.0)
+    p_bias: float = 0.4
+    bias_strength: float = 0.35  # the field's log amplitude
+    p_blur: float = 0.15
+    blur_sigma: tuple[float, float] = (0.5, 1.2)  # voxels
+    p_thick_slices: float = 0.2
+    thick_factor: tuple[int, int] = (2, 3)  # slices averaged along z
+    p_slab: float = 0.1  # only a thin slab of slices (a 20-slice MR)
+    slab_slices: tuple[int, int] = (12, 32)
+    p_spatial: float = 0.5
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.85, 1.15)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
