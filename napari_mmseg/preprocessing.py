@@ -57,17 +57,22 @@ class IntensityNorm:
             return x
         sample = x[::2, ::2, ::2] if x.size > 4_000_000 else x
         if self.kind == "foreground":
-            sample = sample[body_mask(sample)]
-        lo, hi = np.percentile(sample, self.percentiles)
-        np.clip(x, lo, hi, out=x)
-        if self.kind == "foreground":
-            kept = np.clip(sample, lo, hi)
-            mean, std = float(kept.mean()), float(kept.std())
+            lo, hi, mean, std = self.foreground_statistics(sample[body_mask(sample)])
+            np.clip(x, lo, hi, out=x)
         else:
+            lo, hi = np.percentile(sample, self.percentiles)
+            np.clip(x, lo, hi, out=x)
             mean, std = float(x.mean()), float(x.std())
         x -= np.float32(mean)
         x /= np.float32(max(std, 1e-6))
         return x
+
+    def foreground_statistics(self, body: np.ndarray) -> tuple[float, float, float, float]:
+        """Clip range (the body's `percentiles`) and the clipped body's mean and std: what
+        kind "foreground" normalises a scan with, given its body voxels."""
+        lo, hi = np.percentile(body, self.percentiles)
+        kept = np.clip(body, lo, hi)
+        return float(lo), float(hi), float(kept.mean()), float(kept.std())
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -87,6 +87,8 @@ class PatchSampler:
         self, cases: list[PreparedCase], norm: IntensityNorm, patch: int, training: TrainingConfig,
         rng: np.random.Generator,
     ) -> None:
+        if norm.kind not in ("window", "foreground"):  # what `fit_normalization` gives
+            raise ValueError(f"patches are normalised by a window or by the body, not {norm.kind!r}")
         self.cases, self.norm, self.patch, self.rng = cases, norm, patch, rng
         self.noise_sigma, self.offset_sigma = training.noise_sigma, training.offset_sigma
         self.aug = training.augmentation
@@ -108,10 +110,8 @@ class PatchSampler:
         if self.norm.kind == "window":
             return self.norm.window
         sample = values[::2, ::2, ::2]
-        if self.norm.kind == "foreground":
-            sample = sample[body_mask(sample)]
-        lo, hi = np.percentile(sample, self.norm.percentiles)
-        return float(lo), float(max(hi, lo + 1e-6))
+        lo, hi, _, _ = self.norm.foreground_statistics(sample[body_mask(sample)])
+        return lo, max(hi, lo + 1e-6)
 
     def _body_sample(self, values: np.ndarray, unit: tuple[float, float]) -> np.ndarray:
         """Body voxels in the unit range, to normalise a remapped patch as its scan would be."""
@@ -133,13 +133,8 @@ class PatchSampler:
             w0, w1 = self.norm.window
             return ((u * (w1 - w0) + w0 - self.norm.mean) / self.norm.std).astype(np.float32)
         body = remap(sample) if remap is not None else sample
-        if self.norm.kind == "foreground":  # the body as `body_mask` finds it after the remap (air stays at 0)
-            body = body[body > 0.1 * np.percentile(body, 99)]
-            lo, hi = np.percentile(body, self.norm.percentiles)
-            kept = np.clip(body, lo, hi)
-            mean, std = float(kept.mean()), float(kept.std())
-        else:  # older per-volume statistics: approximated on the body
-            lo, hi, mean, std = 0.0, 1.0, float(body.mean()), float(body.std())
+        body = body[body > 0.1 * np.percentile(body, 99)]  # the body as `body_mask` finds it after the remap
+        lo, hi, mean, std = self.norm.foreground_statistics(body)
         return ((np.clip(u, lo, hi) - mean) / max(std, 1e-6)).astype(np.float32)
 
     def _one(self, i: int) -> tuple[np.ndarray, np.ndarray]:
