@@ -81,9 +81,6 @@ class AugmentationConfig:
     rotate_deg: float = 10.0
     scale: tuple[float, float] = (0.85, 1.15)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -122,8 +119,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset("paper", NetworkConfig(), TrainingConfig()),
-    # Same topology, narrower and shallower, at 3 mm: fits a 2-core CPU. Two coordinate
-    # channels and the appearance augmentation: robust to unseen CT phases and MR sequences.
+    # Same topology, narrower and shallower, at 3 mm: fits a 2-core CPU. The appearance
+    # augmentation: robust to CT phases and MR sequences the training data does not hold.
     "light": Preset(
         "light",
         NetworkConfig(filters=(16, 32, 64, 128, 128), units_per_scale=1),
