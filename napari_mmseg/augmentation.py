@@ -119,7 +119,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x
 
 
-def spatial_grid(patch: int, cfg: AugmentationConfig, rng: np.random.Generator, margin: int) -> torch.Tensor:
+def spatial_grid(
+    patch: int, cfg: AugmentationConfig, rng: np.random.Generator, margin: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Sampling grid (1, p, p, p, 3) into a crop of `patch + 2 * margin` voxels per axis:
     a small rotation about each axis and an isotropic scaling around the crop's centre."""
     angles = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg, 3))
@@ -132,4 +134,4 @@ def spatial_grid(patch: int, cfg: AugmentationConfig, rng: np.random.Generator, 
     matrix = (rz @ ry @ rx) * s * (patch / (patch + 2 * margin))
     theta = torch.zeros(1, 3, 4)
     theta[0, :, :3] = torch.from_numpy(matrix.astype(np.float32))
-    return F.affine_grid(theta, [1, 1, patch, patch, patch], align_corners=False)
+    return F.affine_grid(theta.to(device), [1, 1, patch, patch, patch], align_corners=False)

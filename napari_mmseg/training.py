@@ -110,6 +110,23 @@ def train(
     log: LogFn = print,
 ) -> Path:
     """Train, checkpointing to `run.out_dir`; resumes from its checkpoint. Returns the weights."""
+    cfg = run.preset.training
+    t0 = time.perf_counter()
+    prepared = {m: [prepare_case(c, cfg.spacing_mm, cfg.patch_size) for c in train_cases if c.modality == m]
+                for m in run.modalities}
+    held_out = {m: [prepare_case(c, cfg.spacing_mm, cfg.patch_size) for c in val_cases if c.modality == m]
+                for m in run.modalities}
+    log(f"prepared {sum(map(len, prepared.values()))} training cases in {time.perf_counter() - t0:.0f} s")
+    return train_prepared(run, prepared, held_out, log)
+
+
+def train_prepared(
+    run: TrainingRun,
+    prepared: dict[str, list[PreparedCase]],
+    held_out: dict[str, list[PreparedCase]] | None = None,
+    log: LogFn = print,
+) -> Path:
+    """`train` on cases already on the model grid (a study's folds, a bundle on a GPU machine)."""
     rank, world, started = _distributed()
     cfg = run.preset.training
     if run.seed is not None:
@@ -123,26 +140,17 @@ def train(
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
     out = Path(run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
     t0 = time.perf_counter()
-    prepared: dict[str, list[PreparedCase]] = {m: [] for m in run.modalities}
-    held_out: dict[str, list[PreparedCase]] = {m: [] for m in run.modalities}
-    for case in train_cases:
-        if case.modality in prepared:
-            prepared[case.modality].append(prepare_case(case, cfg.spacing_mm, cfg.patch_size))
-    for case in val_cases:
-        if case.modality in held_out:
-            held_out[case.modality].append(prepare_case(case, cfg.spacing_mm, cfg.patch_size))
+    prepared = {m: list(prepared.get(m, [])) for m in run.modalities}
+    held_out = {m: list((held_out or {}).get(m, [])) for m in run.modalities}
     for m, cases in prepared.items():
         if not cases:
             raise ValueError(f"No {m} training cases: variant {run.variant} needs them.")
     norms = {m: fit_normalization(m, prepared[m]) for m in run.modalities}
     samplers = {
-        m: PatchSampler(prepared[m], norms[m], cfg.patch_size, cfg, rng)
+        m: PatchSampler(prepared[m], norms[m], cfg.patch_size, cfg, rng, device if device.type == "cuda" else None)
         for m in run.modalities
     }
-    if rank == 0:
-        log(f"prepared {sum(map(len, prepared.values()))} training cases in {time.perf_counter() - t0:.0f} s")
 
     model = place(MultiModalFCN(run.variant, run.preset.network, run.modalities), device)
     optimizer = torch.optim.Adam(
@@ -172,6 +180,7 @@ def train(
 
         bar = tqdm(total=run.total_steps, initial=step, desc=run.name, unit="step", dynamic_ncols=True)
     history: list[dict] = []
+    scores: dict = {}
     model.train()
     while step < run.total_steps:
         modality = modality_for_step(step, run.modalities)
@@ -208,8 +217,9 @@ def train(
     weights = out / f"{run.name}.safetensors"
     if rank == 0:
         final = {}
-        if any(held_out.values()):
-            final = validate(model, held_out, norms, cfg.patch_size, cfg.spacing_mm, device)
+        if any(held_out.values()):  # the last step's validation, unless the loop just ran it
+            final = scores if history and history[-1]["step"] == step else validate(
+                model, held_out, norms, cfg.patch_size, cfg.spacing_mm, device)
         meta = ModelMetadata(
             variant=run.variant,
             modalities=run.modalities,
