@@ -17,13 +17,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from napari_mmseg.datasets import LabelledCase, label_map_from_names, load_nnunet_dataset
+from napari_mmseg.datasets import LabelledCase, load_nnunet_dataset, totalsegmentator_examples
 from napari_mmseg.inference import InferenceOptions, segment_image
 from napari_mmseg.metrics import dice_scores
 from napari_mmseg.organs import ORGANS
 from napari_mmseg.weights import LoadedModel, bundled_weights_dir, load_weights
-
-TOTALSEG = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5}
 
 
 def held_out_cases(data: Path, names: dict[str, list[str]]) -> list[LabelledCase]:
@@ -32,13 +30,7 @@ def held_out_cases(data: Path, names: dict[str, list[str]]) -> list[LabelledCase
 
 
 def totalseg_cases(data: Path) -> list[LabelledCase]:
-    root = data / "totalsegmentator-examples"
-    mapping = label_map_from_names(TOTALSEG)
-    return [
-        LabelledCase("ts-example-ct", "CT", root / "example_ct_sm.nii.gz", root / "example_seg.nii.gz", mapping),
-        LabelledCase("ts-example-mr (not T2)", "MR", root / "example_mr_sm.nii.gz", root / "example_seg_mr.nii.gz",
-                     mapping),
-    ]
+    return totalsegmentator_examples(data / "totalsegmentator-examples")
 
 
 def score(loaded: LoadedModel, image: sitk.Image, ref: sitk.Image, modality: str, device: str = "cpu") -> list[float]:

@@ -10,9 +10,10 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from .config import DEFAULT_VARIANT, PRESETS, VARIANTS
+from .config import DEFAULT_VARIANT, PRESETS, PROTOCOLS, VARIANTS
 from .device import DEVICE_CHOICES
 from .errors import MmsegError, ScanError
 from .organs import ORGANS
@@ -228,6 +229,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.mr:
         cases += load_dataset(args.mr, "MR")
     preset = PRESETS[args.preset]
+    if args.batch_size is not None:
+        preset = replace(preset, training=replace(preset.training, batch_size=args.batch_size))
     seed = args.seed if args.seed is not None else preset.training.seed
     train_cases, val_cases = split_cases(cases, args.val_cases, seed)
     present = tuple(m for m in ("CT", "MR") if any(c.modality == m for c in cases))
@@ -251,11 +254,17 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .experiment import StudyConfig, run_study
 
     study = StudyConfig(
-        ct=Path(args.ct), mr=Path(args.mr), out_dir=Path(args.out), preset=args.preset,
-        variants=tuple(args.variants), repetitions=args.repetitions, folds=args.folds,
-        steps=args.steps, device=args.device,
+        out_dir=Path(args.out), ct=Path(args.ct) if args.ct else None, mr=Path(args.mr) if args.mr else None,
+        bundle=Path(args.bundle) if args.bundle else None,
+        totalseg=Path(args.totalseg) if args.totalseg else None, preset=args.preset,
+        variants=tuple(args.variants), protocols=tuple(args.protocols), repetitions=args.repetitions,
+        folds=args.folds, steps=args.steps, batch_size=args.batch_size, workers=args.workers, device=args.device,
+        curve_points=args.curve_points, only_fold=args.only_fold,
     )
-    run_study(study, progress=not args.quiet)
+    if study.bundle is None and (study.ct is None or study.mr is None):
+        raise SystemExit("mmseg experiment: give --ct and --mr dataset folders, or --bundle")
+    report = run_study(study, log=(lambda line: None) if args.quiet else print)
+    print(f"wrote {report}")
     return 0
 
 
@@ -301,18 +310,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/train", help="folder for checkpoints, log and weights")
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--val-cases", type=int, default=2, help="cases per modality held out for validation")
+    p.add_argument("--batch-size", type=int, help="patches per step (default: the preset's)")
     p.add_argument("--seed", type=int)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("experiment", help="the paper's study: cross-validation of every variant")
-    p.add_argument("--ct", required=True)
-    p.add_argument("--mr", required=True)
+    p = sub.add_parser("experiment", help="the paper's study: does multi-modal training help, in-domain and on "
+                       "shifted contrasts (cross-validated, equal exposure and the paper's same total)")
+    p.add_argument("--ct", help="CT dataset folder")
+    p.add_argument("--mr", help="MR dataset folder")
+    p.add_argument("--bundle", help="prepared cases instead of --ct/--mr (see benchmarks/study_on_gpu.py)")
+    p.add_argument("--totalseg", help="folder of TotalSegmentator's example CT and MR, also tested")
     p.add_argument("--preset", default="light", choices=sorted(PRESETS))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=["individual", "joint", "msbn", "v4"], choices=VARIANTS)
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS,
+                   help="equal-exposure: 2N steps for a multi-modal network (N per modality); same-total: N")
     p.add_argument("--repetitions", type=int, default=3)
     p.add_argument("--folds", type=int, default=2)
-    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
+    p.add_argument("--steps", type=int, help="N, training steps per modality (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="default: the preset's")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (several can share one GPU)")
+    p.add_argument("--curve-points", type=int, default=8, help="validation Dice this many times along each run "
+                   "of repetition 0 (the learning curves)")
+    p.add_argument("--only-fold", type=int, help="run this fold alone (with --repetitions 1: a learning-curve run)")
     p.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
     p.add_argument("--out", default="runs/study")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -6,9 +6,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 VARIANTS = ("individual", "joint", "v1", "v2", "v3", "v4", "msbn")
-# The bundled weights to use when nobody says: the best on held-out patients and in the
-# cross-validated study on CT, level with the best on MR (docs/model-card.md, docs/results.md).
-DEFAULT_VARIANT = "individual"
+# The bundled weights to use when nobody says: one network for CT and MR, the best on CT and
+# within 0.02 of the best on MR in the cross-validated study at equal exposure, in-domain and
+# under contrast shifts, and the best shipped file on every benchmark column
+# (docs/results.md, docs/model-card.md).
+DEFAULT_VARIANT = "msbn"
+# How long the study trains a multi-modal network: as many steps per modality as an
+# individual network gets (2N in all), or the same total as the paper did (N).
+PROTOCOLS = ("equal-exposure", "same-total")
 
 
 @dataclass(frozen=True)

@@ -233,3 +233,20 @@ def load_dataset(folder: str | os.PathLike, modality: str | None = None) -> list
     if modality is not None and check_modality(modality) != cases[0].modality:
         raise ScanError(f"{root} holds {cases[0].modality} scans, not {modality}: leave the modality out.")
     return cases
+
+
+# TotalSegmentator's ids of our organs in its example label files
+TOTALSEG_IDS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5}
+
+
+def totalsegmentator_examples(folder: str | os.PathLike) -> list[LabelledCase]:
+    """TotalSegmentator's example CT and MR (labels made by its model, not by hand); the
+    ones present in `folder`."""
+    root = Path(folder)
+    mapping = label_map_from_names(TOTALSEG_IDS)
+    cases = [
+        LabelledCase("ts-example-ct", "CT", root / "example_ct_sm.nii.gz", root / "example_seg.nii.gz", mapping),
+        LabelledCase("ts-example-mr (not T2)", "MR", root / "example_mr_sm.nii.gz", root / "example_seg_mr.nii.gz",
+                     mapping),
+    ]
+    return [c for c in cases if c.image.is_file() and c.labels.is_file()]

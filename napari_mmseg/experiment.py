@@ -1,281 +1,272 @@
-"""The paper's study on real data: k-fold cross-validation (patients split per modality),
-repeated with different seeds, for every variant; tables like the paper's Tables 1–3, box
-plots like Figures 6–7 and overlays like Figures 4–5.
+"""The paper's study on real data, made fair: k-fold cross-validation (patients split per
+modality) repeated with different seeds. Every multi-modal variant is trained twice: for as
+many steps per modality as an individual network gets (equal exposure, 2N in all) and, as
+the paper did, for the same total (N). Each run is tested on its held-out patients as they
+are, under the contrast shifts of `contrast_shifts.py`, and on TotalSegmentator's examples,
+all on the model's grid; repetition 0 also records validation Dice along the way (the
+learning curves).
 
-Every trained run caches its scores, so an interrupted study resumes where it stopped.
+Runs are independent tasks, each cached when done, so an interrupted study resumes; several
+worker processes can share one GPU. `study_report.py` turns the cached scores into tables.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import multiprocessing
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
+import torch
 
-from .config import PRESETS, VARIANTS
-from .datasets import LabelledCase, load_dataset
-from .inference import InferenceOptions, segment_image
+from .config import PRESETS, PROTOCOLS, Preset
+from .contrast_shifts import shifts_for
+from .datasets import load_dataset, totalsegmentator_examples
+from .device import resolve_device
+from .inference import predict_probabilities
 from .metrics import dice_scores
 from .networks.dual_stream import DUAL_STREAM, use_blended_statistics
-from .organs import MODALITIES, ORGANS
-from .safe_write import write_bytes_atomic, write_csv_atomic, write_text_atomic
-from .training import TrainingRun, train
+from .organs import MODALITIES
+from .safe_write import write_text_atomic
+from .training import TrainingRun, train_prepared
+from .training_data import PreparedCase, load_bundle, prepare_case
 from .weights import load_weights
 
-# The paper's Tables 1–2 (mean Dice over 2-fold cross-validation × 3 repetitions, FCN at 2 mm,
-# 10k steps) and Table 3's average row, printed beside ours.
-PAPER_DICE: dict[str, dict[str, dict[str, float]]] = {
-    "MR": {
-        "liver": {"individual": 0.913, "joint": 0.903, "v1": 0.877, "v2": 0.862, "v3": 0.905, "v4": 0.914},
-        "spleen": {"individual": 0.772, "joint": 0.772, "v1": 0.728, "v2": 0.732, "v3": 0.736, "v4": 0.790},
-        "kidney_right": {"individual": 0.835, "joint": 0.842, "v1": 0.804, "v2": 0.792, "v3": 0.819, "v4": 0.871},
-        "kidney_left": {"individual": 0.821, "joint": 0.771, "v1": 0.748, "v2": 0.741, "v3": 0.810, "v4": 0.833},
-    },
-    "CT": {
-        "liver": {"individual": 0.914, "joint": 0.875, "v1": 0.900, "v2": 0.902, "v3": 0.895, "v4": 0.919},
-        "spleen": {"individual": 0.824, "joint": 0.834, "v1": 0.822, "v2": 0.824, "v3": 0.817, "v4": 0.859},
-        "kidney_right": {"individual": 0.820, "joint": 0.806, "v1": 0.824, "v2": 0.815, "v3": 0.793, "v4": 0.838},
-        "kidney_left": {"individual": 0.808, "joint": 0.822, "v1": 0.833, "v2": 0.818, "v3": 0.819, "v4": 0.851},
-    },
-}
-PAPER_AVERAGE = {"individual": 0.838, "joint": 0.828, "v1": 0.817, "v2": 0.811, "v3": 0.824, "v4": 0.860}
-
-
-def _paper(value: float | None) -> str:
-    return f" ({value:.3f})" if value is not None else ""
+ALL_CASES = "all cases"  # a task trained on every case (the files to ship), not tested
+TOTALSEG_PREFIX = "ts-example"
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    ct: Path
-    mr: Path
     out_dir: Path
+    ct: Path | None = None  # dataset folders, or
+    bundle: Path | None = None  # prepared cases (`training_data.save_bundle`), e.g. on a GPU machine
+    mr: Path | None = None
+    totalseg: Path | None = None  # folder of TotalSegmentator's example CT and MR
     preset: str = "light"
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = ("individual", "joint", "msbn", "v4")
+    protocols: tuple[str, ...] = PROTOCOLS
     repetitions: int = 3
     folds: int = 2
-    steps: int | None = None
+    steps: int | None = None  # N, per modality (default: the preset's)
+    batch_size: int | None = None  # default: the preset's
+    curve_points: int = 8  # validation Dice this many times along each run of repetition 0
+    workers: int = 1
     device: str = "auto"
+    shipping_steps: int | None = None  # per modality: also train each variant on every case
+    stop_after_s: float | None = None  # tasks not begun by then are left for a later call
+    only_fold: int | None = None  # run this fold alone (a longer learning-curve run)
+
+    def preset_used(self) -> Preset:
+        preset = PRESETS[self.preset]
+        if self.batch_size is not None:
+            preset = replace(preset, training=replace(preset.training, batch_size=self.batch_size))
+        return preset
+
+    @property
+    def steps_per_modality(self) -> int:
+        return self.steps if self.steps is not None else PRESETS[self.preset].training.steps
 
 
-def fold_split(cases: list[LabelledCase], folds: int, seed: int) -> list[list[LabelledCase]]:
+@dataclass(frozen=True)
+class StudyTask:
+    variant: str
+    modalities: tuple[str, ...]
+    protocol: str  # one of PROTOCOLS (individual networks: "equal-exposure") or ALL_CASES
+    steps: int  # in all
+    repetition: int = 0
+    fold: int = 0
+
+    @property
+    def run_dir(self) -> str:
+        if self.protocol == ALL_CASES:
+            return "all-cases"
+        return f"rep{self.repetition}-fold{self.fold}/{self.protocol}"
+
+    def training_run(self, study: StudyConfig) -> TrainingRun:
+        preset = study.preset_used()
+        if self.protocol != ALL_CASES and self.repetition == 0:
+            every = max(1, self.steps // study.curve_points)
+            preset = replace(preset, training=replace(preset.training, validate_every=every))
+        return TrainingRun(self.variant, preset, Path(study.out_dir) / "runs" / self.run_dir, self.modalities,
+                           study.device, self.steps, seed=self.repetition, progress_bar=False)
+
+    def scores_path(self, study: StudyConfig) -> Path:
+        run = self.training_run(study)
+        return run.out_dir / f"{run.name}.scores.json"
+
+
+def plan(study: StudyConfig) -> list[StudyTask]:
+    """Every task, in the order to run them: the shipping runs, then repetition by
+    repetition (an interrupted study keeps whole repetitions), longest first."""
+    n = study.steps_per_modality
+    tasks: list[StudyTask] = []
+
+    def groups(variant: str) -> list[tuple[str, ...]]:
+        return [(m,) for m in MODALITIES] if variant == "individual" else [MODALITIES]
+
+    if study.shipping_steps:
+        tasks += [StudyTask(v, g, ALL_CASES, study.shipping_steps * len(g)) for v in study.variants for g in groups(v)]
+    for rep in range(study.repetitions):
+        mine: list[StudyTask] = []
+        for fold in range(study.folds) if study.only_fold is None else (study.only_fold,):
+            for v in study.variants:
+                for g in groups(v):
+                    protocols = ("equal-exposure",) if v == "individual" else study.protocols
+                    for p in protocols:
+                        mine.append(StudyTask(v, g, p, n * len(g) if p == "equal-exposure" else n, rep, fold))
+        tasks += sorted(mine, key=lambda t: -t.steps)
+    return tasks
+
+
+def fold_split(cases: list, folds: int, seed: int) -> list[list]:
     """Patients of each modality shuffled with `seed` and dealt into `folds` parts."""
-    parts: list[list[LabelledCase]] = [[] for _ in range(folds)]
+    parts: list[list] = [[] for _ in range(folds)]
     for m in MODALITIES:
-        mine = [c for c in cases if c.modality == m]
+        mine = sorted((c for c in cases if c.modality == m), key=lambda c: c.name)
         for i, k in enumerate(np.random.default_rng(seed).permutation(len(mine))):
             parts[i % folds].append(mine[k])
     return parts
 
 
-def overlay_slice(labels: np.ndarray) -> int:
-    """The axial slice (array z index) with the most organ voxels."""
-    return int(np.argmax((labels > 0).sum(axis=(1, 2))))
+def load_cases(study: StudyConfig) -> tuple[list[PreparedCase], list[PreparedCase]]:
+    """The study's cases and TotalSegmentator's examples, on the model's grid."""
+    if study.bundle is not None:
+        every = load_bundle(study.bundle)
+    else:
+        cfg = study.preset_used().training
+        labelled = load_dataset(study.ct, "CT") + load_dataset(study.mr, "MR")
+        if study.totalseg is not None:
+            labelled += totalsegmentator_examples(study.totalseg)
+        every = [prepare_case(c, cfg.spacing_mm, cfg.patch_size) for c in labelled]
+    ts = [c for c in every if c.name.startswith(TOTALSEG_PREFIX)]
+    return [c for c in every if not c.name.startswith(TOTALSEG_PREFIX)], ts
 
 
-def _evaluate(weights: Path, cases: list[LabelledCase], device: str, run_dir: Path) -> list[dict]:
-    """Dice per organ for each test case, at the scan's native resolution. Dual-stream
-    networks are scored twice: with per-modality BN statistics (how they are used) and with
-    the blended statistics a plain shared BN would use (`bn_statistics` tells them apart)."""
-    rows = []
+def evaluate(weights: Path, test: list[PreparedCase], totalseg: list[PreparedCase], device: str,
+             shifted_cache: dict | None = None) -> list[dict]:
+    """Dice per organ on the model's grid: each test case as it is and under every contrast
+    shift of its modality, and the TotalSegmentator examples. Dual-stream networks are also
+    scored, as they are, with blended BN statistics (what a plain shared BN would use)."""
     loaded = load_weights(weights)
-    options = InferenceOptions(device=device, uncertainty=False)  # Dice needs only the labels
-    for case in cases:
-        image, ref = case.load()
-        ref_arr = sitk.GetArrayFromImage(ref)
-        modes = ("per-modality", "blended") if loaded.meta.variant in DUAL_STREAM else ("shared",)
-        for mode in modes:
-            use_blended_statistics(loaded.model, mode == "blended")
-            pred = segment_image(image, loaded, case.modality, options).labels
-            pred_arr = sitk.GetArrayFromImage(pred)
-            for s in dice_scores(pred_arr, ref_arr, image.GetSpacing()):
-                rows.append({"case": case.name, "modality": case.modality, "organ": s.organ, "dice": s.dice,
-                             "predicted_ml": s.predicted_ml, "reference_ml": s.reference_ml, "bn_statistics": mode})
-            if mode == "blended":
-                continue
-            # one axial slice as a radiologist sees it (LPS: patient right on the left, anterior up)
-            shown = [sitk.GetArrayFromImage(sitk.DICOMOrient(x, "LPS")) for x in (image, pred, ref)]
-            z = overlay_slice(shown[2])
-            npz = io.BytesIO()
-            np.savez_compressed(npz, image=shown[0][z], pred=shown[1][z], ref=shown[2][z])
-            write_bytes_atomic(run_dir / f"slice-{case.modality}-{case.name}.npz", npz.getvalue(), overwrite=True,
-                               make_parents=True)
+    meta, model = loaded.meta, loaded.model
+    dev = resolve_device(device)
+    spacing = (meta.spacing_mm,) * 3
+    cache = {} if shifted_cache is None else shifted_cache
+    rows: list[dict] = []
+
+    def score(case: PreparedCase, values: np.ndarray, kind: str, condition: str, bn: str) -> None:
+        x = meta.normalization[case.modality].apply(values)
+        probs = predict_probabilities(model, x, case.modality, meta.patch_size, dev)
+        pred = probs.argmax(axis=0).astype(np.uint8)
+        for s in dice_scores(pred, case.labels, spacing):
+            rows.append({"case": case.name, "modality": case.modality, "kind": kind, "condition": condition,
+                         "organ": s.organ, "dice": s.dice, "predicted_ml": s.predicted_ml,
+                         "reference_ml": s.reference_ml, "bn_statistics": bn})
+
+    bn = "per-modality" if meta.variant in DUAL_STREAM else "shared"
+    for case in (c for c in test if c.modality in meta.modalities):
+        score(case, case.values, "in-domain", "as is", bn)
+        if meta.variant in DUAL_STREAM:
+            use_blended_statistics(model, True)
+            score(case, case.values, "in-domain", "as is", "blended")
+            use_blended_statistics(model, False)
+        for shift in shifts_for(case.modality):
+            key = (case.modality, case.name, shift.name)
+            if key not in cache:
+                cache[key] = shift.fn(case.values, case.labels, spacing, np.random.default_rng(0))
+            score(case, cache[key], "shifted", shift.name, bn)
+    for case in (c for c in totalseg if c.modality in meta.modalities):
+        score(case, case.values, "totalseg", "as is", bn)
     return rows
 
 
-def run_study(study: StudyConfig, progress: bool = True) -> Path:
-    """Train and test every (repetition, fold, variant); then write the tables and figures."""
-    cases = load_dataset(study.ct, "CT") + load_dataset(study.mr, "MR")
-    preset = PRESETS[study.preset]
-    out = Path(study.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "study.log"
+# One worker's cases and shifted scans, loaded once and kept across its tasks.
+_WORKER: dict = {}
+
+
+def _start_worker(study: StudyConfig, deadline: float | None) -> None:
+    if study.workers > 1:
+        torch.set_num_threads(1)  # the workers share the CPU: one thread each samples its patches
+    _WORKER.update(study=study, deadline=deadline, shifted={})
+    _WORKER["cases"], _WORKER["totalseg"] = load_cases(study)
+
+
+def run_task(task: StudyTask) -> tuple[StudyTask, float | None]:
+    """Train, test and cache one task; the seconds it took (None: skipped, past the deadline)."""
+    study, deadline = _WORKER["study"], _WORKER["deadline"]
+    if deadline is not None and time.time() > deadline:
+        return task, None
+    t0 = time.perf_counter()
+    cases = _WORKER["cases"]
+    if task.protocol == ALL_CASES:
+        train_cases, test = cases, []
+    else:
+        parts = fold_split(cases, study.folds, seed=task.repetition)
+        test = parts[task.fold]
+        train_cases = [c for i, p in enumerate(parts) if i != task.fold for c in p]
+    run = task.training_run(study)
+    prepared = {m: [c for c in train_cases if c.modality == m] for m in task.modalities}
+    curve_cases = {m: [c for c in test if c.modality == m] for m in task.modalities} if task.repetition == 0 else {}
+    log_path = run.out_dir / f"{run.name}.log"
+    run.out_dir.mkdir(parents=True, exist_ok=True)
 
     def log(line: str) -> None:
         with open(log_path, "a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
-    t_start = time.perf_counter()
-    for rep in range(study.repetitions):
-        parts = fold_split(cases, study.folds, seed=rep)
-        for fold in range(study.folds):
-            test = parts[fold]
-            training = [c for i, p in enumerate(parts) if i != fold for c in p]
-            for variant in study.variants:
-                groups = [(m,) for m in MODALITIES] if variant == "individual" else [MODALITIES]
-                for modalities in groups:
-                    run = TrainingRun(variant, replace(preset), out / "runs" / f"rep{rep}-fold{fold}",
-                                      modalities, study.device, study.steps, seed=rep, progress_bar=progress)
-                    scores = run.out_dir / f"{run.name}.scores.json"
-                    if scores.is_file():
-                        continue
-                    t0 = time.perf_counter()
-                    weights = train(run, training, [], log=log)
-                    mine = [c for c in test if c.modality in modalities]
-                    rows = _evaluate(weights, mine, study.device, run.out_dir / run.name)
-                    for r in rows:
-                        r.update(repetition=rep, fold=fold, variant=variant)
-                    write_text_atomic(scores, json.dumps(rows), overwrite=True)
-                    (run.out_dir / f"{run.name}.checkpoint.pt").unlink(missing_ok=True)
-                    log(f"rep {rep} fold {fold} {run.name}: {time.perf_counter() - t0:.0f} s, mean Dice "
-                        f"{np.nanmean([r['dice'] for r in rows]):.3f}")
-    log(f"study finished; this invocation ran {time.perf_counter() - t_start:.0f} s")
+    weights = train_prepared(run, prepared, curve_cases if test else {}, log)
+    rows = evaluate(weights, test, _WORKER["totalseg"], study.device, _WORKER["shifted"]) if test else []
+    curve = load_weights(weights).meta.training.get("validation_history", [])
+    for r in rows:
+        r.update(repetition=task.repetition, fold=task.fold, variant=task.variant, protocol=task.protocol,
+                 steps=task.steps)
+    seconds = time.perf_counter() - t0
+    record = {"task": asdict(task), "seconds": round(seconds, 1), "rows": rows, "curve": curve}
+    write_text_atomic(task.scores_path(study), json.dumps(record), overwrite=True)
+    (run.out_dir / f"{run.name}.checkpoint.pt").unlink(missing_ok=True)
+    return task, seconds
+
+
+def run_study(study: StudyConfig, log=print, report: bool = True) -> Path:
+    """Run every task not yet cached (in `study.workers` processes), then write the report
+    (`report=False`: only the cached scores). Logs what each finished task took and an
+    estimate of the time left."""
+    out = Path(study.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = plan(study)
+    pending = [t for t in tasks if not t.scores_path(study).is_file()]
+    deadline = time.time() + study.stop_after_s if study.stop_after_s is not None else None
+    total = sum(t.steps for t in pending)
+    log(f"{len(tasks)} tasks, {len(pending)} to run ({total} training steps) in {study.workers} worker(s)")
+    t0, done, skipped = time.perf_counter(), 0, 0
+
+    def finished(task: StudyTask, seconds: float | None) -> None:
+        nonlocal done, skipped
+        if seconds is None:
+            skipped += 1
+            return
+        done += task.steps
+        elapsed = time.perf_counter() - t0
+        left = elapsed * (total - done) / max(done, 1)
+        log(f"{task.run_dir} {task.variant} {'+'.join(task.modalities)}: {seconds:.0f} s; "
+            f"{done}/{total} steps done, about {left / 60:.0f} min left")
+
+    if study.workers <= 1:
+        _start_worker(study, deadline)
+        for task in pending:
+            finished(*run_task(task))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(study.workers, initializer=_start_worker, initargs=(study, deadline)) as pool:
+            for result in pool.imap_unordered(run_task, pending):
+                finished(*result)
+    if skipped:
+        log(f"{skipped} tasks left for a later call (past stop_after_s)")
+    if not report:
+        return out
+    from .study_report import write_report
+
     return write_report(out, study)
-
-
-def collect_scores(out: Path) -> list[dict]:
-    rows: list[dict] = []
-    for path in sorted((out / "runs").glob("*/*.scores.json")):
-        rows += json.loads(path.read_text(encoding="utf-8"))
-    return rows
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    v = np.asarray([x for x in values if not np.isnan(x)], float)
-    return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
-
-
-def write_report(out: Path, study: StudyConfig) -> Path:
-    """Tables 1–3 (Markdown and CSV), box plots and overlays from the cached scores."""
-    every = collect_scores(out)
-    rows = [r for r in every if r.get("bn_statistics") != "blended"]
-    variants = [v for v in study.variants if any(r["variant"] == v for r in rows)]
-    _write_csv(out / "scores.csv", every, ["repetition", "fold", "variant", "modality", "case", "organ", "dice",
-                                           "predicted_ml", "reference_ml", "bn_statistics"])
-    lines = [f"# Study: {study.folds}-fold cross-validation × {study.repetitions} repetitions, preset {study.preset}",
-             "", "Mean Dice ± standard deviation over test cases (all folds and repetitions); in brackets the",
-             "paper's value (its Tables 1–3; the paper has no `msbn`).", ""]
-    summary_rows = []
-    for number, modality in ((1, "MR"), (2, "CT")):
-        lines += [f"## Table {number}: {modality}", "", "| organ | " + " | ".join(variants) + " |",
-                  "|---|" + "---|" * len(variants)]
-        for organ in [o.name for o in ORGANS] + ["all organs"]:
-            cells = []
-            for v in variants:
-                vals = [r["dice"] for r in rows if r["variant"] == v and r["modality"] == modality
-                        and (organ == "all organs" or r["organ"] == organ)]
-                m, s = _mean_std(vals)
-                cells.append(f"{m:.3f} ± {s:.3f}" + _paper(PAPER_DICE[modality].get(organ, {}).get(v)))
-                summary_rows.append({"modality": modality, "organ": organ, "variant": v, "mean": m, "std": s,
-                                     "n": len(vals)})
-            lines.append(f"| {organ} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["## Table 3: all organs, both modalities", "", "| | " + " | ".join(variants) + " |",
-              "|---|" + "---|" * len(variants)]
-    per_run = {v: [] for v in variants}
-    for v in variants:
-        for rep in range(study.repetitions):
-            vals = [r["dice"] for r in rows if r["variant"] == v and r["repetition"] == rep]
-            if vals:
-                per_run[v].append(float(np.nanmean(vals)))
-    overall = {v: _mean_std([r["dice"] for r in rows if r["variant"] == v]) for v in variants}
-    lines.append("| average | " + " | ".join(f"{overall[v][0]:.3f}{_paper(PAPER_AVERAGE.get(v))}" for v in variants)
-                 + " |")
-    lines.append("| std over cases | " + " | ".join(f"{overall[v][1]:.3f}" for v in variants) + " |")
-    lines.append("| std over repetitions | " + " | ".join(
-        f"{np.std(per_run[v]):.3f}" if len(per_run[v]) > 1 else "–" for v in variants) + " |")
-    lines += _bn_table(every, variants)
-    _write_csv(out / "summary.csv", summary_rows, ["modality", "organ", "variant", "mean", "std", "n"])
-    figures = _plots(out, rows, variants)
-    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
-    report = out / "study.md"
-    write_text_atomic(report, "\n".join(lines) + "\n", overwrite=True)
-    return report
-
-
-def _write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
-    write_csv_atomic(path, fieldnames, [[r.get(k) for k in fieldnames] for r in rows], overwrite=True)
-
-
-def _bn_table(rows: list[dict], variants: list[str]) -> list[str]:
-    """Table 4: dual-stream networks with per-modality vs blended BN running statistics."""
-    dual = [v for v in variants if v in DUAL_STREAM]
-    if not dual:
-        return []
-    lines = ["", "## Table 4: shared BN layers, per-modality vs blended running statistics", "",
-             "Mean Dice over organs and test cases; same trained weights, only the statistics differ.", "",
-             "| variant | CT per-modality | CT blended | MR per-modality | MR blended |", "|---|---|---|---|---|"]
-    for v in dual:
-        cells = [_mean_std([r["dice"] for r in rows if r["variant"] == v and r["modality"] == m
-                            and r.get("bn_statistics") == mode])[0]
-                 for m in ("CT", "MR") for mode in ("per-modality", "blended")]
-        lines.append(f"| {v} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
-    return lines
-
-
-def _plots(out: Path, rows: list[dict], variants: list[str]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    written = []
-
-    def save(fig, title: str, name: str) -> None:
-        fig.suptitle(title)
-        fig.tight_layout()
-        png = io.BytesIO()
-        fig.savefig(png, format="png", dpi=80)
-        plt.close(fig)
-        write_bytes_atomic(out / name, png.getvalue(), overwrite=True)
-        written.append(out / name)
-
-    for modality in MODALITIES:
-        fig, axes = plt.subplots(1, len(ORGANS), figsize=(3.2 * len(ORGANS), 3.2), sharey=True)
-        for ax, organ in zip(axes, ORGANS, strict=True):
-            data = [[r["dice"] for r in rows if r["variant"] == v and r["modality"] == modality
-                     and r["organ"] == organ.name and not np.isnan(r["dice"])] for v in variants]
-            ax.boxplot(data, tick_labels=variants)
-            ax.set_title(organ.display_name)
-            ax.tick_params(axis="x", rotation=45)
-        axes[0].set_ylabel("Dice")
-        save(fig, f"{modality}: Dice per organ and variant", f"boxplot-{modality.lower()}.png")
-
-    colours = ListedColormap([(0, 0, 0, 0)] + [tuple(c / 255 for c in o.rgb) + (0.55,) for o in ORGANS])
-    for modality in MODALITIES:
-        prefix = f"slice-{modality}-"
-        cases = sorted({p.stem[len(prefix):] for p in (out / "runs" / "rep0-fold0").glob(f"*/{prefix}*.npz")})
-        if not cases:
-            continue
-        case = cases[0]
-        panels = [(v, out / "runs" / "rep0-fold0" / (f"individual-{modality.lower()}" if v == "individual" else v)
-                   / f"{prefix}{case}.npz") for v in variants]
-        panels = [(v, p) for v, p in panels if p.is_file()]
-        fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.4 * (len(panels) + 1), 2.6))
-        for ax, (title, path) in zip(axes, [("reference", panels[0][1])] + panels, strict=True):
-            with np.load(path) as z:
-                labels = z["ref"] if title == "reference" else z["pred"]
-                lo, hi = np.percentile(z["image"], (1, 99))
-                ax.imshow(z["image"], cmap="gray", vmin=lo, vmax=hi)
-                ax.imshow(labels, cmap=colours, vmin=0, vmax=len(ORGANS), interpolation="nearest")
-            ax.set_title(title)
-            ax.axis("off")
-        save(fig, f"{modality}, {case}: liver red, spleen green, right kidney blue, left kidney yellow",
-             f"overlay-{modality.lower()}.png")
-    return written
-

@@ -128,19 +128,85 @@ def test_study_writes_tables_plots_and_resumes(data, tmp_path, monkeypatch):
 
     ct, mr, _ = data
     monkeypatch.setitem(config.PRESETS, "tiny", TINY)
-    study = StudyConfig(ct=ct, mr=mr, out_dir=tmp_path, preset="tiny", variants=("individual", "v4"),
-                        repetitions=1, folds=2, steps=2, device="cpu")
-    report = run_study(study, progress=False)
+    study = StudyConfig(out_dir=tmp_path, ct=ct, mr=mr, preset="tiny", variants=("individual", "v4"),
+                        repetitions=1, folds=2, steps=2, device="cpu", curve_points=2, only_fold=1)
+    lines: list[str] = []
+    report = run_study(study, log=lines.append)
+    assert "4 tasks, 4 to run" in lines[0]  # fold 1 alone: 2 individual + v4 at 2 protocols
+    assert any("min left" in line for line in lines)
     text = report.read_text(encoding="utf-8")
-    assert "Table 1: MR" in text and "Table 2: CT" in text and "Table 3" in text
-    for name in ("boxplot-ct.png", "boxplot-mr.png", "overlay-ct.png", "overlay-mr.png", "scores.csv", "summary.csv"):
+    for heading in ("## Headline", "### CT", "### MR", "Per contrast shift", "blended", "Learning curves"):
+        assert heading in text, heading
+    for name in ("boxplot-study.png", "learning-curves.png", "scores.csv", "comparisons.json"):
         assert (tmp_path / name).is_file(), name
-    rows = json.loads((tmp_path / "runs" / "rep0-fold1" / "v4.scores.json").read_text(encoding="utf-8"))
+    equal = json.loads((tmp_path / "runs" / "rep0-fold1" / "equal-exposure" / "v4.scores.json").read_text())
+    same = json.loads((tmp_path / "runs" / "rep0-fold1" / "same-total" / "v4.scores.json").read_text())
+    assert equal["task"]["steps"] == 4 and same["task"]["steps"] == 2  # N per modality vs N in all
+    rows = equal["rows"]
     assert {r["modality"] for r in rows} == {"CT", "MR"}
-    # 2 + 2 test cases × 4 organs, scored with per-modality and with blended BN statistics
-    assert sorted(r["bn_statistics"] for r in rows) == ["blended"] * 16 + ["per-modality"] * 16
-    assert "Table 4" in text and "| v4 |" in text
+    assert {r["kind"] for r in rows} == {"in-domain", "shifted"}
+    conditions = {r["condition"] for r in rows if r["modality"] == "MR"}
+    assert {"as is", "inverted (T2 ↔ T1 proxy)", "gamma 0.5"} <= conditions
+    # per-modality and blended BN statistics, in-domain: 2 + 2 test cases × 4 organs each
+    in_domain = [r["bn_statistics"] for r in rows if r["kind"] == "in-domain"]
+    assert sorted(in_domain) == ["blended"] * 16 + ["per-modality"] * 16
+    assert [p["step"] for p in equal["curve"]] == [2, 4]  # the learning curve of repetition 0
     # resume: a second call trains nothing and gives the same report
-    log_before = (tmp_path / "study.log").read_text(encoding="utf-8").count("mean Dice")
-    run_study(study, progress=False)
-    assert (tmp_path / "study.log").read_text(encoding="utf-8").count("mean Dice") == log_before
+    lines.clear()
+    run_study(study, log=lines.append)
+    assert "0 to run" in lines[0]
+    assert report.read_text(encoding="utf-8") == text
+
+
+def test_study_plan_orders_and_sizes_tasks(tmp_path):
+    from napari_mmseg.experiment import ALL_CASES, StudyConfig, plan
+
+    tasks = plan(StudyConfig(out_dir=tmp_path, repetitions=2, folds=2, steps=10, shipping_steps=30))
+    shipping = [t for t in tasks if t.protocol == ALL_CASES]
+    assert tasks[:len(shipping)] == shipping and {t.steps for t in shipping} == {30, 60}
+    study = [t for t in tasks if t.protocol != ALL_CASES]
+    assert len(study) == 2 * 2 * (2 + 3 * 2)  # reps × folds × (2 individual + 3 variants × 2 protocols)
+    assert [t.repetition for t in study] == sorted(t.repetition for t in study)  # whole repetitions first
+    steps = {(t.variant, t.protocol): t.steps for t in study}
+    assert steps[("individual", "equal-exposure")] == 10
+    assert steps[("joint", "equal-exposure")] == 20 and steps[("joint", "same-total")] == 10
+
+
+def test_paired_comparison_statistics():
+    from napari_mmseg.study_report import compare
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for rep in range(3):
+        for case in range(8):
+            for organ in ("liver", "spleen"):
+                base = float(rng.uniform(0.6, 0.9))
+                for variant, protocol, dice in (("individual", "equal-exposure", base),
+                                                ("joint", "equal-exposure", base + 0.05 + 0.01 * (case % 3))):
+                    rows.append({"repetition": rep, "fold": 0, "case": f"c{case}", "organ": organ,
+                                 "condition": "as is", "kind": "in-domain", "modality": "CT",
+                                 "variant": variant, "protocol": protocol, "dice": dice, "bn_statistics": "shared"})
+    c = compare(rows, ("joint", "equal-exposure"), "CT", "in-domain")
+    assert c["patients"] == 8 and c["pairs"] == 16 and c["runs"] == 3
+    assert abs(c["difference"] - np.mean([0.05 + 0.01 * (i % 3) for i in range(8)])) < 1e-9
+    assert 0.05 <= c["ci"][0] <= c["difference"] <= c["ci"][1] <= 0.07
+    assert c["p"] < 0.001 and c["rep_sd"] < 1e-9
+    assert compare(rows, ("joint", "equal-exposure"), "MR", "in-domain") is None
+
+
+def test_bundle_keeps_cases(tmp_path):
+    from napari_mmseg.training_data import load_bundle, save_bundle
+
+    rng = np.random.default_rng(0)
+    ct = PreparedCase("ct 1", "CT", rng.uniform(-1000, 1500, (5, 6, 7)).astype(np.float32),
+                      rng.integers(0, 5, (5, 6, 7)).astype(np.uint8))
+    small = PreparedCase("mr (0-1)", "MR", rng.uniform(0, 1, (4, 4, 4)).astype(np.float32),
+                         np.zeros((4, 4, 4), np.uint8))
+    save_bundle([ct, small], tmp_path / "b.npz")
+    back, back_small = load_bundle(tmp_path / "b.npz")
+    assert (back.name, back.modality) == ("ct 1", "CT") and back.values.dtype == np.float32
+    assert np.abs(back.values - ct.values).max() <= 0.5  # HU rounded to whole numbers
+    assert np.array_equal(back.labels, ct.labels)
+    assert back_small.name == "mr (0-1)" and np.array_equal(back_small.values, small.values)  # too narrow to round
+    with pytest.raises(ValueError, match="separator"):
+        save_bundle([replace(small, name="a|b")], tmp_path / "c.npz")
