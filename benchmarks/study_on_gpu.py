@@ -80,6 +80,31 @@ def _tar(path: Path, files: list[Path], root: Path) -> None:
     tmp.replace(path)
 
 
+def fit_to_budget(args: argparse.Namespace, study: StudyConfig) -> StudyConfig:
+    """The study with N chosen so that every task (training, testing, imbalance) ends inside
+    the budget, from the measured throughput of all workers busy at once."""
+    # (time of 60 steps - time of 20 steps) / 40, every worker probing at the same time
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.workers, initializer=experiment._start_worker, initargs=(study, None)) as pool:
+        short = pool.map(probe, [20] * args.workers, chunksize=1)
+        long = pool.map(probe, [60] * args.workers, chunksize=1)
+    per_step = max(1e-3, float(sum(long) - sum(short)) / args.workers / 40)
+    rate = args.workers / per_step
+    setup = max(0.0, sum(short) / args.workers - 20 * per_step)
+    log(f"{args.workers} workers: {per_step * 1000:.0f} ms per step each, {rate:.0f} steps/s in all "
+        f"(batch {args.batch_size}); setup {setup:.1f} s per run", args.out)
+
+    left = args.budget_s - (time.time() - T0)
+    unit_tasks = plan(replace(study, steps=1, shipping_steps=args.shipping_ratio))
+    units, n_tasks = sum(t.steps for t in unit_tasks), len(unit_tasks)
+    usable = 0.8 * left - n_tasks * (args.eval_s + setup) / args.workers
+    n = int(min(args.max_steps, max(50, usable * rate / units)))
+    log(f"{left:.0f} s left: N = {n} steps per modality, shipping {args.shipping_ratio * n}; "
+        f"{units * n} steps in {n_tasks} tasks", args.out)
+    return replace(study, steps=n, shipping_steps=args.shipping_ratio * n,
+                   stop_after_s=left - 2 * n * per_step - 2 * args.eval_s - setup - 30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-bundle", type=Path, help="write the bundle from --data and stop")
@@ -111,35 +136,8 @@ def main() -> int:
     study = StudyConfig(out_dir=args.work, bundle=args.bundle, batch_size=args.batch_size, workers=args.workers,
                         device=args.device, repetitions=args.repetitions)
 
-    if args.steps:
-        study = replace(study, steps=args.steps, shipping_steps=args.shipping_ratio * args.steps,
-                        stop_after_s=args.stop_after_s)
-        run_study(study, log=lambda line: (log(line, args.out), pack(args.work, args.out)), report=False)
-        pack(args.work, args.out)
-        log("done", args.out)
-        return 0
-
-    # 1. throughput with every worker busy: (time of 60 steps - time of 20 steps) / 40
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(args.workers, initializer=experiment._start_worker, initargs=(study, None)) as pool:
-        short = pool.map(probe, [20] * args.workers, chunksize=1)
-        long = pool.map(probe, [60] * args.workers, chunksize=1)
-    per_step = max(1e-3, float(sum(long) - sum(short)) / args.workers / 40)
-    rate = args.workers / per_step
-    setup = max(0.0, sum(short) / args.workers - 20 * per_step)
-    log(f"{args.workers} workers: {per_step * 1000:.0f} ms per step each, {rate:.0f} steps/s in all "
-        f"(batch {args.batch_size}); setup {setup:.1f} s per run", args.out)
-
-    # 2. N so that all tasks (training, testing, imbalance) end inside the budget
-    left = args.budget_s - (time.time() - T0)
-    units = sum(t.steps for t in plan(replace(study, steps=1, shipping_steps=args.shipping_ratio)))
-    n_tasks = len(plan(replace(study, steps=1, shipping_steps=args.shipping_ratio)))
-    usable = 0.8 * left - n_tasks * (args.eval_s + setup) / args.workers
-    n = int(min(args.max_steps, max(50, usable * rate / units)))
-    study = replace(study, steps=n, shipping_steps=args.shipping_ratio * n,
-                    stop_after_s=left - 2 * n * per_step - 2 * args.eval_s - setup - 30)
-    log(f"{left:.0f} s left: N = {n} steps per modality, shipping {args.shipping_ratio * n}; "
-        f"{units * n} steps in {n_tasks} tasks", args.out)
+    study = (replace(study, steps=args.steps, shipping_steps=args.shipping_ratio * args.steps,
+                     stop_after_s=args.stop_after_s) if args.steps else fit_to_budget(args, study))
 
     def progress(line: str) -> None:
         log(line, args.out)

@@ -32,7 +32,7 @@ from .organs import MODALITIES
 from .safe_write import write_text_atomic
 from .training import TrainingRun, train_prepared
 from .training_data import PreparedCase, load_bundle, prepare_case
-from .weights import load_weights
+from .weights import LoadedModel, load_weights
 
 ALL_CASES = "all cases"  # a task trained on every case (the files to ship), not tested
 TOTALSEG_PREFIX = "ts-example"
@@ -145,12 +145,11 @@ def load_cases(study: StudyConfig) -> tuple[list[PreparedCase], list[PreparedCas
     return [c for c in every if not c.name.startswith(TOTALSEG_PREFIX)], ts
 
 
-def evaluate(weights: Path, test: list[PreparedCase], totalseg: list[PreparedCase], device: str,
+def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[PreparedCase], device: str,
              shifted_cache: dict | None = None) -> list[dict]:
     """Dice per organ on the model's grid: each test case as it is and under every contrast
     shift of its modality, and the TotalSegmentator examples. Dual-stream networks are also
     scored, as they are, with blended BN statistics (what a plain shared BN would use)."""
-    loaded = load_weights(weights)
     meta, model = loaded.meta, loaded.model
     dev = resolve_device(device)
     spacing = (meta.spacing_mm,) * 3
@@ -217,9 +216,9 @@ def run_task(task: StudyTask) -> tuple[StudyTask, float | None]:
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
-    weights = train_prepared(run, prepared, curve_cases if test else {}, log)
-    rows = evaluate(weights, test, _WORKER["totalseg"], study.device, _WORKER["shifted"]) if test else []
-    curve = load_weights(weights).meta.training.get("validation_history", [])
+    loaded = load_weights(train_prepared(run, prepared, curve_cases if test else {}, log))
+    rows = evaluate(loaded, test, _WORKER["totalseg"], study.device, _WORKER["shifted"]) if test else []
+    curve = loaded.meta.training.get("validation_history", [])
     for r in rows:
         r.update(repetition=task.repetition, fold=task.fold, variant=task.variant, protocol=task.protocol,
                  steps=task.steps)
