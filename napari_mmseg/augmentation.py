@@ -2,10 +2,14 @@
 
 Why: the networks meet CT phases and MR sequences they were never trained on (non-contrast
 CT, T1 MR). Following SLAug (random intensity curves, globally and per class) and GIN
-(random non-monotone remapping), every patch is shown with a random appearance: a random
+(random non-monotone remapping by shallow random convolutional networks, blended through a
+smooth random mask as its IPA does), every patch is shown with a random appearance: a random
 CT window (as if another phase or scanner), organ-wise brightness and contrast (as if
-enhanced differently), a random intensity curve, monotone or not (T2 ↔ T1 contrasts),
-gamma, a smooth bias field, blur or thick slices, noise; plus small rotations and scaling.
+enhanced differently), a random intensity curve, monotone or not (T2 ↔ T1 contrasts), a
+random convolutional remapping (local texture and edges of another sequence, e.g. the dark
+rims at fat–water boundaries of gradient-echo MR), gamma, a smooth bias field, blur or thick
+slices, noise; plus small rotations and scaling, and a region around the patch's centre
+magnified (organs larger than the training data holds).
 Never a flip: a mirrored abdomen swaps the right and the left kidney.
 
 Intensity changes work in a unit range per volume (the CT window, or the MR volume's own
@@ -23,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import AugmentationConfig
+from .organ_enlargement import magnify_grid
 from .organs import NUM_CLASSES
 
 
@@ -88,6 +93,48 @@ def class_wise(u: np.ndarray, labels: np.ndarray, cfg: AugmentationConfig, rng: 
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def random_convolutions(x: torch.Tensor, rng: np.random.Generator, nets: int = 2, layers: int = 4,
+                        width: int = 2) -> torch.Tensor:
+    """GIN (Ouyang et al., TMI 2022): a (z, y, x) tensor through `nets` shallow networks of
+    random 1³ or 3³ convolutions and leaky ReLUs (run as one grouped convolution), each
+    mixed with the input by a random weight and rescaled to the input's Frobenius norm.
+    Returns (nets, z, y, x)."""
+    out, channels = x.expand(1, nets, *x.shape), 1
+    for layer in range(layers):
+        width_out = 1 if layer == layers - 1 else width
+        k = int(rng.choice((1, 3)))
+        kernel = torch.from_numpy(rng.standard_normal((nets * width_out, channels, k, k, k)).astype(np.float32))
+        shift = torch.from_numpy(rng.standard_normal(nets * width_out).astype(np.float32))
+        if k > 1:
+            out = F.pad(out, [k // 2] * 6, mode="replicate")
+        out = F.conv3d(out, kernel.to(x.device), shift.to(x.device), groups=nets)
+        if layer < layers - 1:
+            out = F.leaky_relu(out)
+        channels = width_out
+    alpha = torch.from_numpy(rng.random(nets).astype(np.float32)).to(x.device).view(nets, 1, 1, 1)
+    mixed = alpha * out[0] + (1 - alpha) * x
+    norms = torch.linalg.vector_norm(mixed.flatten(1), dim=1).view(nets, 1, 1, 1)
+    return mixed * (torch.linalg.vector_norm(x) / (norms + 1e-5))
+
+
+def smooth_mask(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A smooth random field in [0, 1]: where one appearance gives way to another."""
+    return 1.0 / (1.0 + bias_field(shape, 2.0, rng) ** 2)
+
+
+def convolutional_remap(u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """GIN with IPA's blending: two random convolutional remappings of a unit-range patch,
+    mixed through a smooth random mask, back in the unit range (1st–99th percentile), air
+    kept dark."""
+    first, second = random_convolutions(torch.from_numpy(np.ascontiguousarray(u)), rng).numpy()
+    mask = smooth_mask(u.shape, rng)
+    out = first * mask + second * (1 - mask)
+    lo, hi = np.percentile(out[::2, ::2, ::2], (1, 99))
+    out = np.clip((out - lo) / max(float(hi - lo), 1e-6), 0, 1).astype(np.float32)
+    out[u <= AIR] = 0.0
+    return out
+
+
 def bias_field(shape: tuple[int, ...], strength: float, rng: np.random.Generator) -> np.ndarray:
     """A smooth multiplicative field: a 4×4×4 random grid of log-gains, upsampled."""
     coarse = torch.from_numpy(rng.normal(0, strength, (1, 1, 4, 4, 4)).astype(np.float32))
@@ -135,3 +182,13 @@ def spatial_grid(
     theta = torch.zeros(1, 3, 4)
     theta[0, :, :3] = torch.from_numpy(matrix.astype(np.float32))
     return F.affine_grid(theta.to(device), [1, 1, patch, patch, patch], align_corners=False)
+
+
+def enlarged(grid: torch.Tensor, cfg: AugmentationConfig, rng: np.random.Generator) -> torch.Tensor:
+    """`spatial_grid`'s grid (1, p, p, p, 3) with the region around the patch's centre
+    magnified by a random factor: whatever organ is there looks larger than life."""
+    p = grid.shape[1]
+    centre = grid[0, p // 2, p // 2, p // 2]
+    extent = float((grid[0, -1, -1, -1] - grid[0, 0, 0, 0]).abs().max())  # the patch's span in grid units
+    inner = _uniform(rng, cfg.enlarge_radius) * extent
+    return magnify_grid(grid, centre, _uniform(rng, cfg.enlarge_factor), inner, inner * 2.5)

@@ -231,6 +231,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset = PRESETS[args.preset]
     if args.batch_size is not None:
         preset = replace(preset, training=replace(preset.training, batch_size=args.batch_size))
+    if args.lr is not None:
+        preset = replace(preset, training=replace(preset.training, lr_single=args.lr, lr_dual=args.lr))
     seed = args.seed if args.seed is not None else preset.training.seed
     train_cases, val_cases = split_cases(cases, args.val_cases, seed)
     present = tuple(m for m in ("CT", "MR") if any(c.modality == m for c in cases))
@@ -244,7 +246,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     for modalities in groups:
         run = TrainingRun(args.variant, preset, Path(args.out), modalities, args.device, args.steps, seed,
-                          progress_bar=not args.quiet)
+                          progress_bar=not args.quiet,
+                          init_weights=Path(args.init_weights) if args.init_weights else None)
         weights = train(run, train_cases, val_cases, log=log)
         print(f"wrote {weights} (log: {log_path})")
     return 0
@@ -311,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--val-cases", type=int, default=2, help="cases per modality held out for validation")
     p.add_argument("--batch-size", type=int, help="patches per step (default: the preset's)")
+    p.add_argument("--init-weights", help="fine-tune: start from this weights file of the same variant and preset")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's; lower to fine-tune)")
     p.add_argument("--seed", type=int)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)

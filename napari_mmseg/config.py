@@ -72,6 +72,8 @@ class AugmentationConfig:
     p_curve_non_monotone: float = 0.35  # of those, non-monotone (otherwise monotone)
     p_curve_inverted: float = 0.3  # of the monotone ones, decreasing (T1 ↔ T2)
     curve_points: int = 4
+    # of the patches without a curve: a random convolutional remapping (GIN + IPA) instead
+    p_convolutional: float = 0.0
     p_gamma: float = 0.4
     gamma: tuple[float, float] = (0.5, 2.0)
     p_bias: float = 0.4
@@ -85,6 +87,10 @@ class AugmentationConfig:
     p_spatial: float = 0.5
     rotate_deg: float = 10.0
     scale: tuple[float, float] = (0.85, 1.15)
+    # of the rotated and scaled patches: a region magnified (organs larger than any we have)
+    p_enlarge: float = 0.0
+    enlarge_factor: tuple[float, float] = (1.2, 2.0)  # in length
+    enlarge_radius: tuple[float, float] = (0.15, 0.4)  # of the patch's extent, before magnifying
 
 
 @dataclass(frozen=True)

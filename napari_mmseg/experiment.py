@@ -28,12 +28,15 @@ from .device import resolve_device
 from .inference import predict_probabilities
 from .metrics import dice_scores
 from .networks.dual_stream import DUAL_STREAM, use_blended_statistics
-from .organs import MODALITIES
+from .organ_enlargement import enlarge_organ
+from .organs import MODALITIES, ORGAN_BY_NAME
 from .safe_write import write_text_atomic
 from .training import TrainingRun, train_prepared
 from .training_data import PreparedCase, load_bundle, prepare_case
 from .weights import LoadedModel, load_weights
 
+ENLARGED_SPLEEN_FACTOR = 2.0  # in length: a typical spleen of 0.25 l becomes about 1.5–2 l
+ENLARGED_SPLEEN = "spleen enlarged 2× in length"
 ALL_CASES = "all cases"  # a task trained on every case (the files to ship), not tested
 TOTALSEG_PREFIX = "ts-example"
 
@@ -147,8 +150,8 @@ def load_cases(study: StudyConfig) -> tuple[list[PreparedCase], list[PreparedCas
 
 def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[PreparedCase], device: str,
              shifted_cache: dict | None = None) -> list[dict]:
-    """Dice per organ on the model's grid: each test case as it is and under every contrast
-    shift of its modality, and the TotalSegmentator examples. Dual-stream networks are also
+    """Dice per organ on the model's grid: each test case as it is, under every contrast
+    shift of its modality and with its spleen enlarged, and the TotalSegmentator examples. Dual-stream networks are also
     scored, as they are, with blended BN statistics (what a plain shared BN would use)."""
     meta, model = loaded.meta, loaded.model
     dev = resolve_device(device)
@@ -156,11 +159,12 @@ def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[Prepa
     cache = {} if shifted_cache is None else shifted_cache
     rows: list[dict] = []
 
-    def score(case: PreparedCase, values: np.ndarray, kind: str, condition: str, bn: str) -> None:
+    def score(case: PreparedCase, values: np.ndarray, kind: str, condition: str, bn: str,
+              labels: np.ndarray | None = None) -> None:
         x = meta.normalization[case.modality].apply(values)
         probs = predict_probabilities(model, x, case.modality, meta.patch_size, dev)
         pred = probs.argmax(axis=0).astype(np.uint8)
-        for s in dice_scores(pred, case.labels, spacing):
+        for s in dice_scores(pred, case.labels if labels is None else labels, spacing):
             rows.append({"case": case.name, "modality": case.modality, "kind": kind, "condition": condition,
                          "organ": s.organ, "dice": s.dice, "predicted_ml": s.predicted_ml,
                          "reference_ml": s.reference_ml, "bn_statistics": bn})
@@ -177,6 +181,12 @@ def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[Prepa
             if key not in cache:
                 cache[key] = shift.fn(case.values, case.labels, spacing, np.random.default_rng(0))
             score(case, cache[key], "shifted", shift.name, bn)
+        key = (case.modality, case.name, ENLARGED_SPLEEN)
+        if key not in cache:
+            cache[key] = enlarge_organ(case.values, case.labels, ORGAN_BY_NAME["spleen"].label,
+                                       ENLARGED_SPLEEN_FACTOR, spacing)
+        enlarged_values, enlarged_labels = cache[key]
+        score(case, enlarged_values, "enlarged", ENLARGED_SPLEEN, bn, enlarged_labels)
     for case in (c for c in totalseg if c.modality in meta.modalities):
         score(case, case.values, "totalseg", "as is", bn)
     return rows

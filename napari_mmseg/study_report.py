@@ -70,12 +70,13 @@ def _scored(rows: list[dict], arm: tuple[str, str], modality: str, kind: str) ->
             and r["bn_statistics"] != "blended" and not np.isnan(r["dice"])}
 
 
-def compare(rows: list[dict], arm: tuple[str, str], modality: str, kind: str, seed: int = 0) -> dict | None:
+def compare(rows: list[dict], arm: tuple[str, str], modality: str, kind: str, seed: int = 0,
+            baseline: tuple[str, str] = BASELINE) -> dict | None:
     """Mean Dice of `arm` and the baseline over their shared keys, and the paired difference:
     Wilcoxon p, 95 % bootstrap interval (patients resampled), spread over repetitions."""
     from scipy.stats import wilcoxon
 
-    mine, base = _scored(rows, arm, modality, kind), _scored(rows, BASELINE, modality, kind)
+    mine, base = _scored(rows, arm, modality, kind), _scored(rows, baseline, modality, kind)
     keys = sorted(set(mine) & set(base))
     if not keys:
         return None
@@ -108,7 +109,7 @@ def compare(rows: list[dict], arm: tuple[str, str], modality: str, kind: str, se
     return result
 
 
-def _fmt_diff(c: dict) -> str:
+def format_difference(c: dict) -> str:
     text = f"{c['difference']:+.3f}"
     if not np.isnan(c["ci"][0]):
         text += f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
@@ -132,7 +133,7 @@ def headline(rows: list[dict]) -> tuple[list[str], list[dict]]:
                     cells.append("–")
                     continue
                 records.append(c)
-                cells.append(f"{c['dice']:.3f}" if arm == BASELINE else f"{c['dice']:.3f}<br>{_fmt_diff(c)}")
+                cells.append(f"{c['dice']:.3f}" if arm == BASELINE else f"{c['dice']:.3f}<br>{format_difference(c)}")
             lines.append(f"| {arm_label(arm)} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines, records

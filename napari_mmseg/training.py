@@ -25,7 +25,7 @@ from .metrics import dice_scores
 from .networks import MultiModalFCN
 from .organs import MODALITIES
 from .training_data import PatchSampler, PreparedCase, fit_normalization, prepare_case
-from .weights import ModelMetadata, save_weights
+from .weights import ModelMetadata, load_weights, save_weights
 
 LogFn = Callable[[str], None]
 
@@ -40,6 +40,9 @@ class TrainingRun:
     steps: int | None = None  # overrides the preset's
     seed: int | None = None
     progress_bar: bool = True
+    # start from these weights (fine-tuning, e.g. the shipped files with a new recipe); the
+    # optimiser and the learning-rate schedule start afresh
+    init_weights: Path | None = None
 
     @property
     def total_steps(self) -> int:
@@ -161,6 +164,14 @@ def train_prepared(
     )
     step = 0
     checkpoint = out / f"{run.name}.checkpoint.pt"
+    if run.init_weights is not None and not checkpoint.is_file():
+        start = load_weights(run.init_weights, run.variant)
+        if start.meta.network != run.preset.network or start.meta.modalities != run.modalities:
+            raise ValueError(f"{run.init_weights} holds a {start.meta.network} network for "
+                             f"{'/'.join(start.meta.modalities)}: not the one this run trains.")
+        model.load_state_dict(start.model.state_dict())
+        if rank == 0:
+            log(f"{run.name} starts from {run.init_weights}")
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -231,6 +242,7 @@ def train_prepared(
                 f"{m}: {len(prepared[m])} cases ({', '.join(c.name for c in prepared[m])})" for m in run.modalities
             ),
             training={"preset": run.preset.name, **asdict(cfg), "steps": run.total_steps,
+                      "init_weights": None if run.init_weights is None else Path(run.init_weights).name,
                       "world_size": world, "device": str(device),
                       "wall_time_s": round(time.perf_counter() - t0, 1), "validation_history": history},
             validation_dice={

@@ -17,7 +17,16 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .augmentation import GlobalRemap, bias_field, class_wise, gaussian_blur, spatial_grid, thick_slices
+from .augmentation import (
+    GlobalRemap,
+    bias_field,
+    class_wise,
+    convolutional_remap,
+    enlarged,
+    gaussian_blur,
+    spatial_grid,
+    thick_slices,
+)
 from .config import TrainingConfig
 from .datasets import LabelledCase
 from .inference import body_box
@@ -153,13 +162,14 @@ class PatchSampler:
             piece = np.pad(piece, pad, constant_values=fill)
         return piece
 
-    def _to_network(self, u: np.ndarray, remap: GlobalRemap | None, sample: np.ndarray) -> np.ndarray:
-        """Unit-range intensities → network input, as `norm.apply` would give for the scan."""
+    def _to_network(self, u: np.ndarray, body: np.ndarray) -> np.ndarray:
+        """Unit-range intensities → network input, as `norm.apply` would give for a scan
+        whose voxels look like `body`."""
         if self.norm.kind == "window":
             w0, w1 = self.norm.window
             return ((u * (w1 - w0) + w0 - self.norm.mean) / self.norm.std).astype(np.float32)
-        body = remap(sample) if remap is not None else sample
-        body = body[body > 0.1 * np.percentile(body, 99)]  # the body as `body_mask` finds it after the remap
+        inside = body[body > 0.1 * np.percentile(body, 99)]  # the body as `body_mask` finds it after the remap
+        body = inside if inside.size else body.ravel()  # a patch of air only
         lo, hi, mean, std = self.norm.foreground_statistics(body)
         return ((np.clip(u, lo, hi) - mean) / max(std, 1e-6)).astype(np.float32)
 
@@ -176,6 +186,8 @@ class PatchSampler:
             raw = self._crop(case.values, crop_start, p + 2 * margin, fill)
             lab = self._crop(case.labels, crop_start, p + 2 * margin, 0)
             grid = spatial_grid(p, aug, rng, margin, self.device)
+            if rng.random() < aug.p_enlarge:
+                grid = enlarged(grid, aug, rng)
             raw_t = torch.from_numpy(np.ascontiguousarray(raw)).to(self.device)[None, None]
             lab_t = torch.from_numpy(lab).to(self.device, torch.float32)[None, None]
             raw = F.grid_sample(raw_t, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
@@ -191,15 +203,19 @@ class PatchSampler:
             values = raw * np.float32(rng.uniform(*aug.ct_window_scale)) + np.float32(
                 rng.uniform(-aug.ct_window_shift_hu, aug.ct_window_shift_hu))
         u = np.clip((values - lo) / (hi - lo), 0, 1).astype(np.float32)
-        remap = None
+        body = self.body_samples[i]
         if aug.enabled:
             if rng.random() < aug.p_class_wise:
                 u = class_wise(u, lab, aug, rng)
             remap = GlobalRemap.draw(aug, rng)
-            u = remap(u)
+            if remap.curve is None and rng.random() < aug.p_convolutional:
+                # a local remapping has no whole-scan equivalent: the patch is its own scan
+                u = body = convolutional_remap(remap(u), rng)
+            else:
+                u, body = remap(u), remap(body)
             if rng.random() < aug.p_bias:
                 u = u * bias_field(u.shape, aug.bias_strength, rng)
-        x = torch.from_numpy(self._to_network(u, remap, self.body_samples[i]))[None, None]
+        x = torch.from_numpy(self._to_network(u, body))[None, None]
         if aug.enabled:
             if rng.random() < aug.p_blur:
                 x = gaussian_blur(x, float(rng.uniform(*aug.blur_sigma)))

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from napari_mmseg.preprocessing import IntensityNorm
+from napari_mmseg.training_data import PreparedCase
+
 # label ids as BTCV and CHAOS number them, to prove mapping by name
 LAYOUTS = {
     "CT": {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 6},
@@ -71,3 +74,22 @@ def write_dicom_series(folder: Path, values: np.ndarray, z_mm: list[float], pixe
         writer.SetFileName(str(folder / f"slice{i:03d}.dcm"))
         writer.Execute(slice_)
     return folder
+
+
+def organ_phantom() -> PreparedCase:
+    """CT-like body with a liver and a right kidney at small x (the patient's right on the
+    canonical LPS grid) and a spleen and left kidney at large x."""
+    labels = np.zeros((40, 48, 64), np.uint8)
+    labels[8:32, 10:30, 6:24] = 1
+    labels[10:26, 12:24, 44:58] = 2
+    labels[12:24, 30:40, 12:22] = 3
+    labels[12:24, 30:40, 42:52] = 4
+    values = np.full(labels.shape, -1000.0, np.float32)
+    values[:, 4:44, 2:62] = 40.0
+    for label, hu in ((1, 110.0), (2, 120.0), (3, 180.0), (4, 180.0)):
+        values[labels == label] = hu
+    return PreparedCase("phantom", "CT", values, labels)
+
+
+# a CT normalisation with round numbers: network input × 100 − 50 gives HU back
+CT_NORM = IntensityNorm("window", window=(-125.0, 275.0), mean=-50.0, std=100.0)

@@ -1,37 +1,24 @@
 """The appearance augmentation: labels untouched, left and right never swapped, the
 normalisation of an augmented patch as its whole scan would get it."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import binary_erosion
+from synthetic import CT_NORM, organ_phantom
 
 from napari_mmseg import augmentation as aug
 from napari_mmseg.augmentation import AugmentationConfig, GlobalRemap
 from napari_mmseg.config import TrainingConfig
-from napari_mmseg.preprocessing import IntensityNorm, default_norm
+from napari_mmseg.preprocessing import default_norm
 from napari_mmseg.training_data import PatchSampler, PreparedCase
 
-ALWAYS = AugmentationConfig(p_class_wise=1.0, p_curve=1.0, p_gamma=1.0, p_bias=1.0, p_blur=1.0,
+ALWAYS = AugmentationConfig(p_class_wise=1.0, p_curve=1.0, p_convolutional=1.0, p_gamma=1.0, p_bias=1.0, p_blur=1.0,
                             p_thick_slices=1.0, p_spatial=1.0, p_slab=0.0)
 
 
-def _phantom() -> PreparedCase:
-    """CT-like body with a liver and a right kidney at small x (the patient's right on the
-    canonical LPS grid) and a spleen and left kidney at large x."""
-    labels = np.zeros((40, 48, 64), np.uint8)
-    labels[8:32, 10:30, 6:24] = 1
-    labels[10:26, 12:24, 44:58] = 2
-    labels[12:24, 30:40, 12:22] = 3
-    labels[12:24, 30:40, 42:52] = 4
-    values = np.full(labels.shape, -1000.0, np.float32)
-    values[:, 4:44, 2:62] = 40.0
-    for label, hu in ((1, 110.0), (2, 120.0), (3, 180.0), (4, 180.0)):
-        values[labels == label] = hu
-    return PreparedCase("phantom", "CT", values, labels)
-
-
-CT_NORM = IntensityNorm("window", window=(-125.0, 275.0), mean=-50.0, std=100.0)
 
 
 @pytest.mark.parametrize("name, transform", [
@@ -40,9 +27,10 @@ CT_NORM = IntensityNorm("window", window=(-125.0, 275.0), mean=-50.0, std=100.0)
     ("bias", lambda u, lab, rng: u * aug.bias_field(u.shape, 0.35, rng)),
     ("blur", lambda u, lab, rng: aug.gaussian_blur(torch.from_numpy(u)[None, None], 1.0)[0, 0].numpy()),
     ("thick", lambda u, lab, rng: aug.thick_slices(torch.from_numpy(u)[None, None], 3)[0, 0].numpy()),
+    ("convolutional", lambda u, lab, rng: aug.convolutional_remap(u, rng)),
 ])
 def test_intensity_augmentations_change_the_image_only(name, transform):
-    case = _phantom()
+    case = organ_phantom()
     u = np.clip((case.values - -125.0) / 400.0, 0, 1).astype(np.float32)
     labels = case.labels.copy()
     out = transform(u.copy(), labels, np.random.default_rng(3))
@@ -67,7 +55,7 @@ def test_curves_keep_air_dark_and_take_every_form():
 def test_spatial_augmentation_moves_image_and_labels_together_and_never_mirrors():
     """With rotation and scaling always on, voxels well inside an organ keep the organ's
     intensity, and the right kidney stays at the patient's right (smaller x) of the left one."""
-    case = _phantom()
+    case = organ_phantom()
     training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0,
                               augmentation=AugmentationConfig(p_class_wise=0, p_curve=0, p_gamma=0, p_bias=0,
                                                               p_blur=0, p_thick_slices=0, p_slab=0, p_spatial=1.0,
@@ -88,10 +76,12 @@ def test_spatial_augmentation_moves_image_and_labels_together_and_never_mirrors(
     assert both > 0, "no patch held both kidneys: the test proved nothing"
 
 
-def test_every_augmentation_at_once_keeps_labels_on_their_organs():
-    case = _phantom()
-    training = TrainingConfig(augmentation=ALWAYS)
-    sampler = PatchSampler([case], CT_NORM, 32, training, np.random.default_rng(2))
+@pytest.mark.parametrize("appearance", [ALWAYS, replace(ALWAYS, p_curve=0.0)], ids=["curve", "convolutional"])
+@pytest.mark.parametrize("norm", [CT_NORM, default_norm("MR")], ids=["CT", "MR"])
+def test_every_augmentation_at_once_keeps_labels_on_their_organs(appearance, norm):
+    case = organ_phantom()
+    training = TrainingConfig(augmentation=appearance)
+    sampler = PatchSampler([case], norm, 32, training, np.random.default_rng(2))
     xs, ys = sampler.sample(24)
     assert xs.shape == (24, 1, 32, 32, 32) and ys.shape == (24, 1, 32, 32, 32)
     assert np.isfinite(xs).all()
@@ -102,7 +92,7 @@ def test_every_augmentation_at_once_keeps_labels_on_their_organs():
 
 
 def test_slab_patches_blank_everything_outside_the_slab():
-    case = _phantom()
+    case = organ_phantom()
     training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0,
                               augmentation=AugmentationConfig(p_slab=1.0, p_spatial=0.0, slab_slices=(6, 6)))
     x, y = PatchSampler([case], CT_NORM, 32, training, np.random.default_rng(4)).sample(4)
@@ -125,6 +115,16 @@ def test_mr_patches_are_normalised_as_their_remapped_scan_would_be():
         remap = GlobalRemap.draw(ALWAYS, rng)
         remapped = remap(u)
         whole_scan = norm.apply(remapped * (hi - lo) + lo)
-        patch = sampler._to_network(remapped, remap, sampler.body_samples[0])
+        patch = sampler._to_network(remapped, remap(sampler.body_samples[0]))
         body = np.s_[:, 12:, :]
         assert np.abs(patch[body] - whole_scan[body]).mean() < 0.1
+
+
+def test_convolutional_remap_keeps_air_dark_and_the_unit_range():
+    case = organ_phantom()
+    u = np.clip((case.values - -125.0) / 400.0, 0, 1).astype(np.float32)
+    for seed in range(20):
+        out = aug.convolutional_remap(u, np.random.default_rng(seed))
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        assert np.all(out[u <= aug.AIR] == 0.0), "air stays dark"
+        assert np.ptp(out[u > aug.AIR]) > 0.1, "the body keeps contrast"

@@ -90,6 +90,30 @@ def test_individual_trains_on_its_modality_only(data, tmp_path):
     assert load_weights(path).meta.modalities == ("MR",)
 
 
+def test_fine_tuning_starts_from_the_given_weights_of_the_same_network(data, tmp_path):
+    _, _, cases = data
+    first = train(TrainingRun("msbn", TINY, tmp_path / "a", device="cpu", steps=2, seed=1, progress_bar=False),
+                  cases, [], log=lambda s: None)
+    lines: list[str] = []
+    tuned = train(TrainingRun("msbn", TINY, tmp_path / "b", device="cpu", steps=2, seed=1, progress_bar=False,
+                              init_weights=first), cases, [], log=lines.append)
+    assert any("starts from" in ln for ln in lines)
+    fresh = train(TrainingRun("msbn", TINY, tmp_path / "c", device="cpu", steps=2, seed=2, progress_bar=False),
+                  cases, [], log=lambda s: None)
+    # two more steps from the first run's weights, not from another start like `fresh`
+    start, after, other = (load_weights(p).model.state_dict() for p in (first, tuned, fresh))
+    key = next(k for k in start if k.endswith("weight") and start[k].dim() == 5)
+    assert (after[key] - start[key]).abs().mean() < (other[key] - start[key]).abs().mean()
+    assert load_weights(tuned).meta.training["init_weights"] == first.name
+    wider = replace(TINY, network=replace(TINY.network, filters=(4, 8, 8, 8, 16)))
+    with pytest.raises(ValueError, match="not the one this run trains"):
+        train(TrainingRun("msbn", wider, tmp_path / "d", device="cpu", steps=2, progress_bar=False,
+                          init_weights=first), cases, [], log=lambda s: None)
+    with pytest.raises(Exception, match="variant msbn, not joint"):
+        train(TrainingRun("joint", TINY, tmp_path / "e", device="cpu", steps=2, progress_bar=False,
+                          init_weights=first), cases, [], log=lambda s: None)
+
+
 def test_seeded_runs_are_reproducible(data, tmp_path):
     _, _, cases = data
     a = train(TrainingRun("joint", TINY, tmp_path / "a", device="cpu", steps=2, seed=3, progress_bar=False),
