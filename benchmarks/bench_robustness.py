@@ -33,13 +33,16 @@ from validate_weights import held_out_cases, score, totalseg_cases
 
 from napari_mmseg.contrast_shifts import apply_shift, shifts_for
 from napari_mmseg.datasets import LabelledCase
-from napari_mmseg.organs import MODALITIES, ORGANS
+from napari_mmseg.experiment import ENLARGED_SPLEEN, ENLARGED_SPLEEN_FACTOR
+from napari_mmseg.organ_enlargement import enlarge_organ
+from napari_mmseg.organs import MODALITIES, ORGAN_BY_NAME, ORGANS
 from napari_mmseg.weights import LoadedModel, bundled_weights_dir, load_weights
 
 # The session-1 hold-out (seeded shuffle, seed 0), used when the weights name no cases.
 DEFAULT_CASES = {"CT": ["btcv_23", "btcv_05"], "MR": ["chaos_05", "chaos_33"]}
 AS_IS = "as is"
-SUMMARY_COLUMNS = ("CT in-domain", "CT shifted", "MR in-domain", "MR shifted", "TS CT", "TS MR")
+SUMMARY_COLUMNS = ("CT in-domain", "CT shifted", "CT spleen enlarged", "MR in-domain", "MR shifted",
+                   "MR spleen enlarged", "TS CT", "TS MR")
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Variant:
 class Row:
     variant: str
     modality: str
-    kind: str  # "as is", "shifted" or "totalseg"
+    kind: str  # "as is", "shifted", "enlarged" or "totalseg"
     condition: str
     case: str
     dice: list[float]  # ORGANS order
@@ -111,6 +114,16 @@ def run_one(
     return row
 
 
+def enlarged_spleen(image: sitk.Image, ref: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
+    """The scan and its labels with the spleen magnified (`organ_enlargement`), same grid."""
+    values, labels = enlarge_organ(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(ref),
+                                   ORGAN_BY_NAME["spleen"].label, ENLARGED_SPLEEN_FACTOR, image.GetSpacing()[::-1])
+    out = [sitk.GetImageFromArray(values), sitk.GetImageFromArray(labels)]
+    for o in out:
+        o.CopyInformation(image)
+    return out[0], out[1]
+
+
 def run_all(variants: list[Variant], data: Path, device: str, seed: int) -> tuple[list[Row], list[str]]:
     """Case by case, condition by condition: each scan is read and shifted once for every variant."""
     wanted = {(m, c) for v in variants for m, names in v.cases.items() for c in names}
@@ -125,6 +138,9 @@ def run_all(variants: list[Variant], data: Path, device: str, seed: int) -> tupl
         for shift in shifts_for(case.modality):
             shifted = apply_shift(shift, image, ref, seed)
             rows += [run_one(v, case.modality, "shifted", shift.name, case.name, shifted, ref, device) for v in users]
+        big_image, big_ref = enlarged_spleen(image, ref)
+        rows += [run_one(v, case.modality, "enlarged", ENLARGED_SPLEEN, case.name, big_image, big_ref, device)
+                 for v in users]
     ts: list[LabelledCase] = [c for c in totalseg_cases(data) if c.image.is_file() and c.labels.is_file()]
     if len(ts) < 2:
         notes.append(f"TotalSegmentator examples missing under {data}: skipped")
@@ -152,7 +168,9 @@ def summary(variant: Variant, rows: list[Row]) -> dict[str, float | None]:
 
     return {
         "CT in-domain": mean_of("CT", AS_IS), "CT shifted": mean_of("CT", "shifted"),
+        "CT spleen enlarged": mean_of("CT", "enlarged"),
         "MR in-domain": mean_of("MR", AS_IS), "MR shifted": mean_of("MR", "shifted"),
+        "MR spleen enlarged": mean_of("MR", "enlarged"),
         "TS CT": mean_of("CT", "totalseg"), "TS MR": mean_of("MR", "totalseg"),
     }
 
@@ -235,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, device {args.device}, "
         f"cores {len(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()}, seed {args.seed}, "
         f"{seconds:.0f} s.\n\nShifted rows are the same cases under contrast shifts made here "
-        "(`napari_mmseg.contrast_shifts`): proxies, not real unseen scans. TotalSegmentator rows: its example "
+        "(`napari_mmseg.contrast_shifts`): proxies, not real unseen scans. Enlarged rows: the same cases with "
+        "the spleen magnified about its centre (`napari_mmseg.organ_enlargement`), labels warped with it. "
+        "TotalSegmentator rows: its example "
         "CT and MR, reference labels made by TotalSegmentator (a model, not manual); the MR is not T2. "
         "Dice per organ averaged over the scans; \"shifted\" in the summaries: the mean over the shifted rows."
     )

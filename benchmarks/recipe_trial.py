@@ -24,10 +24,9 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-import torch
-
 from napari_mmseg.config import PRESETS, AugmentationConfig
-from napari_mmseg.experiment import StudyConfig, evaluate, fold_split, load_cases
+from napari_mmseg.device import one_thread_per_worker
+from napari_mmseg.experiment import EVALUATION_KINDS, StudyConfig, evaluate, fold_split, load_cases
 from napari_mmseg.study_report import compare, format_difference
 from napari_mmseg.training import TrainingRun, train_prepared
 from napari_mmseg.weights import load_weights
@@ -53,8 +52,8 @@ class Arm:
 
 
 def _run_arm(job: tuple) -> tuple[str, list[dict], float]:
-    arm, args = job
-    torch.set_num_threads(1)  # the arms share the CPU
+    arm, args, kinds = job
+    one_thread_per_worker()  # the arms share the CPU
     cases, totalseg = load_cases(StudyConfig(out_dir=Path(args.out), bundle=Path(args.bundle)))
     parts = fold_split(cases, args.folds, seed=args.repetition)
     test = parts[args.fold]
@@ -80,7 +79,7 @@ def _run_arm(job: tuple) -> tuple[str, list[dict], float]:
         prepared = {m: [c for c in train if c.modality == m] for m in run.modalities}
         weights, name = train_prepared(run, prepared, {}, log), arm.name
     loaded = load_weights(weights)
-    rows = evaluate(loaded, test, totalseg, "cpu")
+    rows = evaluate(loaded, test, totalseg, "cpu", kinds=kinds)
     for r in rows:
         r.update(variant=name, protocol="trial", repetition=args.repetition, fold=args.fold)
     return name, rows, time.perf_counter() - t0
@@ -106,10 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scores = out / "scores.json"
     done: dict[str, list[dict]] = json.loads(scores.read_text()) if scores.is_file() else {}
-    jobs = [(a, args) for a in [None, *arms] if (a.name if a else "start") not in done]
+    jobs = []  # arms not yet scored, or scored before a kind of test existed: only what is missing
+    for arm in [None, *arms]:
+        scored = {r["kind"] for r in done.get(arm.name if arm else "start", [])}
+        missing = tuple(k for k in EVALUATION_KINDS if k not in scored)
+        if missing:
+            jobs.append((arm, args, missing))
     with multiprocessing.get_context("spawn").Pool(min(args.workers, max(len(jobs), 1))) as pool:
         for name, rows, seconds in pool.imap_unordered(_run_arm, jobs):
-            done[name] = rows
+            done[name] = done.get(name, []) + rows
             scores.write_text(json.dumps(done))
             print(f"{name}: trained and tested in {seconds:.0f} s", flush=True)
     rows = [r for name in done for r in done[name]]

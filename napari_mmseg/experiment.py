@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .config import PRESETS, PROTOCOLS, Preset
 from .contrast_shifts import shifts_for
 from .datasets import load_dataset, totalsegmentator_examples
-from .device import resolve_device
+from .device import one_thread_per_worker, resolve_device
 from .inference import predict_probabilities
 from .metrics import dice_scores
 from .networks.dual_stream import DUAL_STREAM, use_blended_statistics
@@ -148,8 +147,11 @@ def load_cases(study: StudyConfig) -> tuple[list[PreparedCase], list[PreparedCas
     return [c for c in every if not c.name.startswith(TOTALSEG_PREFIX)], ts
 
 
+EVALUATION_KINDS = ("in-domain", "shifted", "enlarged", "totalseg")
+
+
 def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[PreparedCase], device: str,
-             shifted_cache: dict | None = None) -> list[dict]:
+             shifted_cache: dict | None = None, kinds: tuple[str, ...] = EVALUATION_KINDS) -> list[dict]:
     """Dice per organ on the model's grid: each test case as it is, under every contrast
     shift of its modality and with its spleen enlarged, and the TotalSegmentator examples. Dual-stream networks are also
     scored, as they are, with blended BN statistics (what a plain shared BN would use)."""
@@ -171,23 +173,25 @@ def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[Prepa
 
     bn = "per-modality" if meta.variant in DUAL_STREAM else "shared"
     for case in (c for c in test if c.modality in meta.modalities):
-        score(case, case.values, "in-domain", "as is", bn)
-        if meta.variant in DUAL_STREAM:
-            use_blended_statistics(model, True)
-            score(case, case.values, "in-domain", "as is", "blended")
-            use_blended_statistics(model, False)
-        for shift in shifts_for(case.modality):
+        if "in-domain" in kinds:
+            score(case, case.values, "in-domain", "as is", bn)
+            if meta.variant in DUAL_STREAM:
+                use_blended_statistics(model, True)
+                score(case, case.values, "in-domain", "as is", "blended")
+                use_blended_statistics(model, False)
+        for shift in shifts_for(case.modality) if "shifted" in kinds else ():
             key = (case.modality, case.name, shift.name)
             if key not in cache:
                 cache[key] = shift.fn(case.values, case.labels, spacing, np.random.default_rng(0))
             score(case, cache[key], "shifted", shift.name, bn)
-        key = (case.modality, case.name, ENLARGED_SPLEEN)
-        if key not in cache:
-            cache[key] = enlarge_organ(case.values, case.labels, ORGAN_BY_NAME["spleen"].label,
-                                       ENLARGED_SPLEEN_FACTOR, spacing)
-        enlarged_values, enlarged_labels = cache[key]
-        score(case, enlarged_values, "enlarged", ENLARGED_SPLEEN, bn, enlarged_labels)
-    for case in (c for c in totalseg if c.modality in meta.modalities):
+        if "enlarged" in kinds:
+            key = (case.modality, case.name, ENLARGED_SPLEEN)
+            if key not in cache:
+                cache[key] = enlarge_organ(case.values, case.labels, ORGAN_BY_NAME["spleen"].label,
+                                           ENLARGED_SPLEEN_FACTOR, spacing)
+            enlarged_values, enlarged_labels = cache[key]
+            score(case, enlarged_values, "enlarged", ENLARGED_SPLEEN, bn, enlarged_labels)
+    for case in (c for c in totalseg if c.modality in meta.modalities and "totalseg" in kinds):
         score(case, case.values, "totalseg", "as is", bn)
     return rows
 
@@ -198,7 +202,7 @@ _WORKER: dict = {}
 
 def _start_worker(study: StudyConfig, deadline: float | None) -> None:
     if study.workers > 1:
-        torch.set_num_threads(1)  # the workers share the CPU: one thread each samples its patches
+        one_thread_per_worker()
     _WORKER.update(study=study, deadline=deadline, shifted={})
     _WORKER["cases"], _WORKER["totalseg"] = load_cases(study)
 
