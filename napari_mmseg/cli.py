@@ -222,6 +222,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .datasets import load_dataset
     from .training import TrainingRun, split_cases, train
+    from .weights import read_metadata
 
     cases = []
     if args.ct:
@@ -244,10 +245,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
+    starts = {}
+    for path in args.init_weights or []:
+        meta = read_metadata(path)
+        if meta.variant != args.variant:
+            raise SystemExit(f"mmseg train: {path} holds a {meta.variant} network, not {args.variant}")
+        starts[meta.modalities] = Path(path)
     for modalities in groups:
+        if args.init_weights and modalities not in starts:
+            raise SystemExit(f"mmseg train: none of --init-weights is a {args.variant} network for "
+                             f"{'/'.join(modalities)}")
         run = TrainingRun(args.variant, preset, Path(args.out), modalities, args.device, args.steps, seed,
-                          progress_bar=not args.quiet,
-                          init_weights=Path(args.init_weights) if args.init_weights else None)
+                          progress_bar=not args.quiet, init_weights=starts.get(modalities))
         weights = train(run, train_cases, val_cases, log=log)
         print(f"wrote {weights} (log: {log_path})")
     return 0
@@ -314,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--val-cases", type=int, default=2, help="cases per modality held out for validation")
     p.add_argument("--batch-size", type=int, help="patches per step (default: the preset's)")
-    p.add_argument("--init-weights", help="fine-tune: start from this weights file of the same variant and preset")
+    p.add_argument("--init-weights", nargs="+", metavar="FILE",
+                   help="fine-tune: start from these weights of the same variant and preset (for individual: the "
+                   "CT and the MR file)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's; lower to fine-tune)")
     p.add_argument("--seed", type=int)
     p.add_argument("-q", "--quiet", action="store_true")

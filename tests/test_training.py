@@ -168,7 +168,10 @@ def test_study_writes_tables_plots_and_resumes(data, tmp_path, monkeypatch):
     assert equal["task"]["steps"] == 4 and same["task"]["steps"] == 2  # N per modality vs N in all
     rows = equal["rows"]
     assert {r["modality"] for r in rows} == {"CT", "MR"}
-    assert {r["kind"] for r in rows} == {"in-domain", "shifted"}
+    assert {r["kind"] for r in rows} == {"in-domain", "shifted", "enlarged"}
+    spleen = {r["kind"]: r["reference_ml"] for r in rows if r["organ"] == "spleen" and r["case"] == rows[0]["case"]
+              and r["bn_statistics"] != "blended"}
+    assert spleen["enlarged"] > 2 * spleen["in-domain"], "the enlarged spleen is scored against its warped labels"
     conditions = {r["condition"] for r in rows if r["modality"] == "MR"}
     assert {"as is", "inverted (T2 ↔ T1 proxy)", "gamma 0.5"} <= conditions
     # per-modality and blended BN statistics, in-domain: 2 + 2 test cases × 4 organs each
