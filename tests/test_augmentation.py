@@ -57,8 +57,9 @@ def test_spatial_augmentation_moves_image_and_labels_together_and_never_mirrors(
     intensity, and the right kidney stays at the patient's right (smaller x) of the left one."""
     case = organ_phantom()
     training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0,
-                              augmentation=AugmentationConfig(p_class_wise=0, p_curve=0, p_gamma=0, p_bias=0,
-                                                              p_blur=0, p_thick_slices=0, p_slab=0, p_spatial=1.0,
+                              augmentation=AugmentationConfig(p_class_wise=0, p_curve=0, p_convolutional=0, p_gamma=0,
+                                                              p_bias=0, p_blur=0, p_thick_slices=0, p_slab=0,
+                                                              p_spatial=1.0,
                                                               ct_window_shift_hu=0, ct_window_scale=(1, 1)))
     sampler = PatchSampler([case], CT_NORM, 32, training, np.random.default_rng(1))
     both = 0

@@ -48,8 +48,8 @@ def test_a_scan_without_the_organ_comes_back_unchanged():
 
 
 def test_enlarging_patches_keeps_labels_on_their_organs():
-    appearance = AugmentationConfig(p_class_wise=0, p_curve=0, p_gamma=0, p_bias=0, p_blur=0, p_thick_slices=0,
-                                    p_slab=0, p_spatial=1.0, p_enlarge=1.0, ct_window_shift_hu=0,
+    appearance = AugmentationConfig(p_class_wise=0, p_curve=0, p_convolutional=0, p_gamma=0, p_bias=0, p_blur=0,
+                                    p_thick_slices=0, p_slab=0, p_spatial=1.0, p_enlarge=1.0, ct_window_shift_hu=0,
                                     ct_window_scale=(1, 1))
     training = replace(TrainingConfig(noise_sigma=0.0, offset_sigma=0.0), augmentation=appearance)
     sampler = PatchSampler([organ_phantom()], CT_NORM, 32, training, np.random.default_rng(4))
