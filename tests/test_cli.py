@@ -168,3 +168,18 @@ def test_report_lists_volumes_confidence_and_flags_per_scan(capsys, tmp_path, ct
     code, _, err = run(capsys, "segment", scan, "-o", tmp_path / "again.nii.gz", "--modality", "CT",
                        "--report", report)
     assert code == 1 and "report.json exists; pass --overwrite" in err
+
+
+def test_train_refuses_start_weights_of_another_network(tmp_path, tiny_weights):
+    """Fine-tuning starts only from a file of the variant asked for, before any training."""
+    from synthetic import write_dataset
+
+    from napari_mmseg.weights import read_metadata
+
+    ct = write_dataset(tmp_path / "ct", "CT", 2)
+    held = read_metadata(tiny_weights).variant
+    other = "joint" if held != "joint" else "msbn"
+    with pytest.raises(SystemExit, match=f"holds a {held} network, not {other}"):
+        main(["train", "--variant", other, "--ct", str(ct), "--init-weights", str(tiny_weights),
+              "--out", str(tmp_path / "run"), "-q"])
+    assert not (tmp_path / "run" / f"{other}.safetensors").exists()
