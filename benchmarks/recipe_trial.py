@@ -36,24 +36,30 @@ from napari_mmseg.weights import load_weights
 class Arm:
     name: str
     augmentation: AugmentationConfig
+    patch_size: int | None = None  # the training patch (and inference window), if not the start's
 
     @classmethod
     def parse(cls, text: str) -> Arm:
-        """"name" or "name:field=value,field=value" (fields of AugmentationConfig)."""
+        """"name" or "name:field=value,field=value" (fields of AugmentationConfig, or
+        patch_size)."""
         name, _, spec = text.partition(":")
         kinds = {f.name: f.type for f in fields(AugmentationConfig)}
-        changes = {}
+        changes, patch = {}, None
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
-            if key not in kinds:
-                raise SystemExit(f"--arm {text}: {key!r} is not a field of AugmentationConfig")
-            changes[key] = value.lower() == "true" if kinds[key] in (bool, "bool") else float(value)
-        return cls(name, replace(PRESETS["light"].training.augmentation, **changes))
+            if key == "patch_size":
+                patch = int(value)
+            elif key not in kinds:
+                raise SystemExit(f"--arm {text}: {key!r} is not patch_size or a field of AugmentationConfig")
+            else:
+                changes[key] = value.lower() == "true" if kinds[key] in (bool, "bool") else float(value)
+        return cls(name, replace(PRESETS["light"].training.augmentation, **changes), patch)
 
 
 def _run_arm(job: tuple) -> tuple[str, list[dict], float]:
     arm, args, kinds = job
-    one_thread_per_worker()  # the arms share the CPU
+    if args.workers > 1:
+        one_thread_per_worker()  # the arms share the CPU
     cases, totalseg = load_cases(StudyConfig(out_dir=Path(args.out), bundle=Path(args.bundle)))
     parts = fold_split(cases, args.folds, seed=args.repetition)
     test = parts[args.fold]
@@ -65,7 +71,8 @@ def _run_arm(job: tuple) -> tuple[str, list[dict], float]:
         start = load_weights(args.init)
         preset = PRESETS[start.meta.training.get("preset", "light")]
         training = replace(preset.training, augmentation=arm.augmentation, batch_size=args.batch_size,
-                           lr_single=args.lr, lr_dual=args.lr, checkpoint_every=100)
+                           lr_single=args.lr, lr_dual=args.lr, checkpoint_every=100,
+                           patch_size=arm.patch_size or start.meta.patch_size)
         run = TrainingRun(start.meta.variant, replace(preset, training=training), Path(args.out) / arm.name,
                           start.meta.modalities, "cpu", args.steps, seed=args.seed, progress_bar=False,
                           init_weights=Path(args.init))
