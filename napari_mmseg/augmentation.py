@@ -8,8 +8,9 @@ CT window (as if another phase or scanner), organ-wise brightness and contrast (
 enhanced differently), a random intensity curve, monotone or not (T2 ↔ T1 contrasts), a
 random convolutional remapping (local texture and edges of another sequence, e.g. the dark
 rims at fat–water boundaries of gradient-echo MR), gamma, a smooth bias field, blur or thick
-slices, noise; plus small rotations and scaling, and a region around the patch's centre
-magnified (organs larger than the training data holds).
+slices, noise; plus small rotations and scaling, and (off by default: it cost CT accuracy
+in the recipe trial) a region around the patch's centre magnified, organs larger than the
+training data holds.
 Never a flip: a mirrored abdomen swaps the right and the left kidney.
 
 Intensity changes work in a unit range per volume (the CT window, or the MR volume's own

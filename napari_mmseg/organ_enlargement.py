@@ -25,13 +25,11 @@ def source_radius(r: torch.Tensor, factor: float, inner: float, outer: float) ->
     return torch.where(r <= inner, r / factor, torch.where(r >= outer, r, ring))
 
 
-def magnify_grid(grid: torch.Tensor, centre: torch.Tensor, factor: float, inner: float, outer: float,
-                 scale: torch.Tensor | None = None) -> torch.Tensor:
-    """A sampling grid (…, 3) magnified around `centre` (same units); `scale` (3,) turns
-    grid units into the units of `inner` and `outer` (e.g. mm) for the distances."""
+def magnify_grid(grid: torch.Tensor, centre: torch.Tensor, factor: float, inner: float, outer: float) -> torch.Tensor:
+    """A sampling grid (…, 3) magnified around `centre`; `centre`, `inner` and `outer` in
+    the grid's units."""
     offset = grid - centre
-    metric = offset * scale if scale is not None else offset
-    r = torch.linalg.vector_norm(metric, dim=-1, keepdim=True)
+    r = torch.linalg.vector_norm(offset, dim=-1, keepdim=True)
     ratio = source_radius(r, factor, inner, outer) / r.clamp_min(1e-6)
     return centre + offset * ratio
 
