@@ -98,7 +98,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     weights = Path(args.weights) if args.weights else bundled_weights(args.variant or DEFAULT_VARIANT, modality)
     loaded = load_weights(weights, variant=args.variant, modality=modality)
     # the confidence maps cost time and memory: only when a report asks for the organs' confidence
-    options = InferenceOptions(overlap=args.overlap, device=args.device, uncertainty=report is not None)
+    options = InferenceOptions(overlap=args.overlap, device=args.device, uncertainty=report is not None,
+                               drop_stray_pieces=not args.keep_stray_pieces)
     for scan, out in zip(scans, outs, strict=True):
         t0 = time.perf_counter()
         image = read_scan(scan)
@@ -294,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="a weights file instead of the bundled one")
     p.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--keep-stray-pieces", action="store_true",
+                   help="keep pieces of an organ smaller than half its largest piece (dropped by default)")
     p.add_argument("--report", help="also write each scan's organ volumes, confidence and review flags to this "
                    "JSON file, keyed by scan path")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -95,6 +95,9 @@ class AugmentationConfig:
     p_enlarge: float = 0.0
     enlarge_factor: tuple[float, float] = (1.2, 2.0)  # in length
     enlarge_radius: tuple[float, float] = (0.15, 0.4)  # of the patch's extent, before magnifying
+    # patches drawn from the scan at twice the spacing: the context pass of inference
+    # (whole-abdomen windows, an enlarged organ at the size of a normal one) sees such patches
+    p_coarse: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .config import PRESETS, PROTOCOLS, Preset
 from .contrast_shifts import shifts_for
 from .datasets import load_dataset, totalsegmentator_examples
 from .device import one_thread_per_worker, resolve_device
-from .inference import predict_probabilities
+from .inference import labels_on_model_grid, predict_scan
 from .metrics import dice_scores
 from .networks.dual_stream import DUAL_STREAM, use_blended_statistics
 from .organ_enlargement import enlarge_organ
@@ -163,9 +163,9 @@ def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[Prepa
 
     def score(case: PreparedCase, values: np.ndarray, kind: str, condition: str, bn: str,
               labels: np.ndarray | None = None) -> None:
-        x = meta.normalization[case.modality].apply(values)
-        probs = predict_probabilities(model, x, case.modality, meta.patch_size, dev)
-        pred = probs.argmax(axis=0).astype(np.uint8)
+        probs = predict_scan(model, values, meta.normalization[case.modality], case.modality, meta.patch_size,
+                             dev, meta.context_weight)
+        pred = labels_on_model_grid(probs)
         for s in dice_scores(pred, case.labels if labels is None else labels, spacing):
             rows.append({"case": case.name, "modality": case.modality, "kind": kind, "condition": condition,
                          "organ": s.organ, "dice": s.dice, "predicted_ml": s.predicted_ml,

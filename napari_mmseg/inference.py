@@ -19,9 +19,11 @@ import SimpleITK as sitk
 import torch
 
 from .confidence import probability_maps
+from .context_grid import coarsen, refine
 from .device import mixed_precision, place, resolve_device, tune_cpu
 from .errors import Cancelled
 from .networks import MultiModalFCN
+from .organ_pieces import without_stray_pieces
 from .organs import check_modality
 from .preprocessing import IntensityNorm, body_mask, guess_modality, probabilities_to_native, to_canonical
 from .review import ScanReview, review_image
@@ -39,6 +41,7 @@ class InferenceOptions:
     windows_per_batch: int = 2
     mixed_precision: bool = True  # float16 on CUDA; CPU inference stays float32
     uncertainty: bool = True  # per-voxel confidence and uncertainty maps (and per-organ confidence)
+    drop_stray_pieces: bool = True  # pieces of an organ far smaller than its largest: background
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -127,6 +130,51 @@ def predict_probabilities(
     return probs
 
 
+def predict_scan(
+    model: MultiModalFCN,
+    raw: np.ndarray,
+    norm: IntensityNorm,
+    modality: str,
+    patch: int,
+    device: torch.device,
+    context_weight: float = 0.0,
+    options: InferenceOptions = InferenceOptions(),
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
+    """Class probabilities on the model's grid for a scan's intensities there (a crop of the
+    canonical scan, not yet normalised): the sliding-window pass, blended with a pass on the
+    context grid (twice the spacing: `context_grid.py`) by `context_weight`, the share the
+    weights were trained and measured with (0: no context pass)."""
+    def normalised(values: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        out = norm.apply(values)
+        if timings is not None:
+            timings["normalise"] = timings.get("normalise", 0.0) + time.perf_counter() - t
+        return out
+
+    if not context_weight:
+        return predict_probabilities(model, normalised(raw), modality, patch, device, options, progress,
+                                     cancel, timings)
+    coarse = coarsen(raw)
+    n_fine, n_coarse = (window_count(v.shape, patch, options.overlap) for v in (raw, coarse))
+    share = n_fine / (n_fine + n_coarse)
+    report = progress or (lambda f, s: None)
+    probs = predict_probabilities(model, normalised(raw), modality, patch, device, options,
+                                  lambda f, s: report(share * f, s), cancel, timings)
+    context = predict_probabilities(model, normalised(coarse), modality, patch, device, options,
+                                    lambda f, s: report(share + (1 - share) * f, f"context {s}"), cancel, timings)
+    probs *= 1.0 - context_weight
+    probs += context_weight * refine(context, probs.shape[1:])
+    return probs
+
+
+def labels_on_model_grid(probs: np.ndarray) -> np.ndarray:
+    """The organ ids that `segment_image` gives, on the model's grid (for validation and studies)."""
+    return without_stray_pieces(probs).argmax(axis=0).astype(np.uint8)
+
+
 def segment_image(
     image: sitk.Image,
     loaded: LoadedModel,
@@ -165,16 +213,17 @@ def segment_image(
         if options.crop_to_body
         else tuple(slice(0, n) for n in raw.shape)
     )
-    volume = norm.apply(raw[box])
-    timings["normalise"] = time.perf_counter() - t
+    timings["normalise"] = time.perf_counter() - t  # the crop (`predict_scan` adds the normalisation)
 
-    probs_crop = predict_probabilities(
-        loaded.model, volume, modality, meta.patch_size, device, options,
+    probs_crop = predict_scan(
+        loaded.model, raw[box], norm, modality, meta.patch_size, device, meta.context_weight, options,
         progress=lambda f, s: report(round(0.05 + 0.9 * f, 6), s), cancel=cancel, timings=timings,
     )
     t = time.perf_counter()
     report(0.95, "resampling back to the scan's grid")
-    native = probabilities_to_native(probs_crop, canonical, image, where=box)
+    labelled = without_stray_pieces(probs_crop) if options.drop_stray_pieces else probs_crop
+    native = probabilities_to_native(labelled, canonical, image, where=box)
+    del labelled
     timings["resample_back"] = time.perf_counter() - t
     confidence = uncertainty = None
     if options.uncertainty:

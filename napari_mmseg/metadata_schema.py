@@ -76,6 +76,7 @@ SCHEMA = {
         "trained_on": {"type": "string", "maxLength": 100_000},
         "training": {"type": "object"},
         "validation_dice": {"type": "object"},
+        "context_weight": _number(0, 1),
     },
 }
 # JSON Schema counts 16.0 as an integer; torch does not take it for a channel count.
@@ -84,7 +85,7 @@ _VALIDATOR = validators.extend(Draft202012Validator, type_checker=Draft202012Val
 # The normalisation kinds' bounds that must run low to high.
 ORDERED_PAIRS = {"window": "window", "percentile": "percentiles", "foreground": "percentiles"}
 # Fields whose numbers must be finite: bounds alone let NaN through (NaN < x is false).
-FINITE_FIELDS = ("network", "spacing_mm", "patch_size", "normalization")
+FINITE_FIELDS = ("network", "spacing_mm", "patch_size", "normalization", "context_weight")
 
 
 def _depth(value: object) -> int:

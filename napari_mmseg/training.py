@@ -18,9 +18,10 @@ import torch.distributed as dist
 from monai.losses import DiceCELoss, DiceLoss
 
 from .config import Preset
+from .context_grid import context_weight
 from .datasets import LabelledCase
 from .device import mixed_precision, place, resolve_device, tune_cpu
-from .inference import predict_probabilities
+from .inference import labels_on_model_grid, predict_scan
 from .metrics import dice_scores
 from .networks import MultiModalFCN
 from .organs import MODALITIES
@@ -87,16 +88,17 @@ def _distributed() -> tuple[int, int, bool]:
 
 def validate(
     model: MultiModalFCN, cases: dict[str, list[PreparedCase]], norms: dict, patch: int,
-    spacing: float, device: torch.device,
+    spacing: float, device: torch.device, context: float = 0.0,
 ) -> dict[str, dict[str, float]]:
-    """Mean Dice per organ and modality on held-out cases, on the model grid."""
+    """Mean Dice per organ and modality on held-out cases, on the model grid, labelled as
+    `segment_image` labels (`context`: the context pass's share)."""
     out: dict[str, dict[str, float]] = {}
     model.eval()
     for modality, prepared in cases.items():
         per_organ: dict[str, list[float]] = {}
         for case in prepared:
-            probs = predict_probabilities(model, case.image(norms[modality]), modality, patch, device)
-            pred = probs.argmax(axis=0).astype(np.uint8)
+            probs = predict_scan(model, case.values, norms[modality], modality, patch, device, context)
+            pred = labels_on_model_grid(probs)
             for s in dice_scores(pred, case.labels, (spacing,) * 3):
                 per_organ.setdefault(s.organ, []).append(s.dice)
         if per_organ:
@@ -150,6 +152,7 @@ def train_prepared(
         if not cases:
             raise ValueError(f"No {m} training cases: variant {run.variant} needs them.")
     norms = {m: fit_normalization(m, prepared[m]) for m in run.modalities}
+    context = context_weight(cfg.augmentation)  # how the network will be run: validated so too
     samplers = {
         m: PatchSampler(prepared[m], norms[m], cfg.patch_size, cfg, rng, device if device.type == "cuda" else None)
         for m in run.modalities
@@ -216,7 +219,7 @@ def train_prepared(
             )
             os.replace(tmp, checkpoint)
         if any(held_out.values()) and (step % cfg.validate_every == 0 or step == run.total_steps):
-            scores = validate(model, held_out, norms, cfg.patch_size, cfg.spacing_mm, device)
+            scores = validate(model, held_out, norms, cfg.patch_size, cfg.spacing_mm, device, context)
             history.append({"step": step, **{m: s["mean"] for m, s in scores.items()}})
             shown = ", ".join(f"{m} {s['mean']:.3f}" for m, s in scores.items())
             log(f"{run.name} step {step}: validation Dice {shown}")
@@ -230,7 +233,7 @@ def train_prepared(
         final = {}
         if any(held_out.values()):  # the last step's validation, unless the loop just ran it
             final = scores if history and history[-1]["step"] == step else validate(
-                model, held_out, norms, cfg.patch_size, cfg.spacing_mm, device)
+                model, held_out, norms, cfg.patch_size, cfg.spacing_mm, device, context)
         meta = ModelMetadata(
             variant=run.variant,
             modalities=run.modalities,
@@ -250,6 +253,7 @@ def train_prepared(
                 "on": "model grid",
                 **final,
             },
+            context_weight=context,
         )
         save_weights(model, meta, weights)
         log(f"wrote {weights}" + (f"; validation {json.dumps(final)}" if final else ""))

@@ -28,6 +28,7 @@ from .augmentation import (
     thick_slices,
 )
 from .config import TrainingConfig
+from .context_grid import coarsen, coarsen_labels
 from .datasets import LabelledCase
 from .inference import body_box
 from .organs import NUM_CLASSES
@@ -73,6 +74,11 @@ def prepare_case(case: LabelledCase, spacing_mm: float, patch_size: int) -> Prep
     np.savez(tmp, values=values, labels=lab)
     os.replace(tmp, path)
     return PreparedCase(case.name, case.modality, values, lab)
+
+
+def coarsened(case: PreparedCase) -> PreparedCase:
+    """The case on the context pass's grid (twice the spacing), as inference sees a scan there."""
+    return PreparedCase(case.name, case.modality, coarsen(case.values), coarsen_labels(case.labels, NUM_CLASSES))
 
 
 def save_bundle(cases: list[PreparedCase], path: Path) -> None:
@@ -127,6 +133,11 @@ class PatchSampler:
         self.device = device if device is not None else torch.device("cpu")
         self.noise_sigma, self.offset_sigma = training.noise_sigma, training.offset_sigma
         self.aug = training.augmentation
+        # a coarse copy of each case follows the cases: patch i + len(cases) is case i coarsened
+        self.n_fine = len(cases)
+        if self.aug.enabled and self.aug.p_coarse > 0:
+            cases = cases + [coarsened(c) for c in cases]
+            self.cases = cases
         self.coords = [self._class_coords(c.labels) for c in cases]
         self.ranges = [self._unit_range(c.values) for c in cases]
         self.body_samples = [self._body_sample(c.values, r) for c, r in zip(cases, self.ranges, strict=True)]
@@ -174,7 +185,10 @@ class PatchSampler:
         return ((np.clip(u, lo, hi) - mean) / max(std, 1e-6)).astype(np.float32)
 
     def _one(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        p, rng, aug, case = self.patch, self.rng, self.aug, self.cases[i]
+        p, rng, aug = self.patch, self.rng, self.aug
+        if len(self.cases) > self.n_fine and rng.random() < aug.p_coarse:
+            i += self.n_fine
+        case = self.cases[i]
         present = [c for c in range(NUM_CLASSES) if len(self.coords[i][c])]
         cls = present[int(rng.integers(len(present)))]
         centre = self.coords[i][cls][int(rng.integers(len(self.coords[i][cls])))]
@@ -239,5 +253,5 @@ class PatchSampler:
         xs = np.empty((batch, 1, p, p, p), np.float32)
         ys = np.empty((batch, 1, p, p, p), np.int64)
         for b in range(batch):
-            xs[b, 0], ys[b, 0] = self._one(int(self.rng.integers(len(self.cases))))
+            xs[b, 0], ys[b, 0] = self._one(int(self.rng.integers(self.n_fine)))
         return xs, ys

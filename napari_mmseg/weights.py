@@ -25,7 +25,7 @@ from .organs import ORGANS, check_modality
 from .preprocessing import IntensityNorm
 from .safe_write import write_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: context_weight (older readers would skip the context pass: they must refuse)
 METADATA_KEY = "napari_mmseg"
 
 
@@ -43,6 +43,8 @@ class ModelMetadata:
     trained_on: str = ""
     training: dict = field(default_factory=dict)
     validation_dice: dict = field(default_factory=dict)
+    # the context pass's share of the probabilities (`context_grid.py`); 0: none
+    context_weight: float = 0.0
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -59,6 +61,7 @@ class ModelMetadata:
                 "trained_on": self.trained_on,
                 "training": self.training,
                 "validation_dice": self.validation_dice,
+                "context_weight": self.context_weight,
             }
         )
 
@@ -76,6 +79,7 @@ class ModelMetadata:
             trained_on=d.get("trained_on", ""),
             training=d.get("training", {}),
             validation_dice=d.get("validation_dice", {}),
+            context_weight=float(d.get("context_weight", 0.0)),
             format_version=int(d["format_version"]),
         )
 

@@ -129,3 +129,24 @@ def test_convolutional_remap_keeps_air_dark_and_the_unit_range():
         assert out.min() >= 0.0 and out.max() <= 1.0
         assert np.all(out[u <= aug.AIR] == 0.0), "air stays dark"
         assert np.ptp(out[u > aug.AIR]) > 0.1, "the body keeps contrast"
+
+
+def test_coarse_patches_show_the_scan_at_twice_the_spacing():
+    """With p_coarse=1 every patch comes from the case at twice the spacing: organs half as
+    long (an eighth of the voxels), their intensities kept, left and right in place."""
+    case = organ_phantom()
+    off = AugmentationConfig(p_class_wise=0, p_curve=0, p_convolutional=0, p_gamma=0, p_bias=0, p_blur=0,
+                             p_thick_slices=0, p_slab=0, p_spatial=0, ct_window_shift_hu=0, ct_window_scale=(1, 1))
+    counts = {}
+    for p_coarse in (0.0, 1.0):
+        training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0, augmentation=replace(off, p_coarse=p_coarse))
+        x, y = PatchSampler([case], CT_NORM, 32, training, np.random.default_rng(6)).sample(40)
+        counts[p_coarse] = max(int((lab == 1).sum()) for lab in y[:, 0])
+        for image, lab in zip(x[:, 0], y[:, 0], strict=True):
+            inner = binary_erosion(lab == 1, iterations=1)
+            if inner.any():
+                assert np.median(image[inner] * CT_NORM.std + CT_NORM.mean) == pytest.approx(110.0, abs=1.0)
+            if (lab == 3).any() and (lab == 4).any():
+                assert np.nonzero(lab == 3)[2].mean() < np.nonzero(lab == 4)[2].mean()
+    assert counts[1.0] == 12 * 10 * 9  # the whole 24×20×18 liver, in blocks of 2³
+    assert counts[0.0] > 4 * counts[1.0]

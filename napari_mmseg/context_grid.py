@@ -1,0 +1,49 @@
+"""The context pass's grid: the model's grid at twice the spacing.
+
+Why: a 64³ window at 3 mm sees a fifth of an abdomen, and an organ larger than any in the
+training data (a 3-litre spleen) has no edge in view from its middle; the network then
+calls it background or liver. At 6 mm the same window holds the whole abdomen and the big
+spleen looks like a normal one. Networks trained with coarse patches (`p_coarse`) are run
+on both grids and their probabilities blended (`ModelMetadata.context_weight`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import AugmentationConfig
+
+COARSE_FACTOR = 2  # the context grid's spacing, in model voxels
+# The context pass's share of the blended probabilities, for networks trained with coarse
+# patches: chosen on held-out patients (docs/results.md, "Context").
+CONTEXT_WEIGHT = 0.5
+
+
+def context_weight(augmentation: AugmentationConfig) -> float:
+    """The blend a network trained under `augmentation` is run with."""
+    return CONTEXT_WEIGHT if augmentation.enabled and augmentation.p_coarse > 0 else 0.0
+
+
+def coarsen(values: np.ndarray, factor: int = COARSE_FACTOR) -> np.ndarray:
+    """Block averages of `factor`³ voxels (a partial block at the far edge averages what it
+    has): what training's coarse patches and inference's context pass both see."""
+    pad = [(0, -n % factor) for n in values.shape]
+    blocks = np.pad(np.asarray(values, np.float32), pad, constant_values=np.nan)
+    z, y, x = (n // factor for n in blocks.shape)
+    return np.nanmean(blocks.reshape(z, factor, y, factor, x, factor), axis=(1, 3, 5))
+
+
+def coarsen_labels(labels: np.ndarray, classes: int, factor: int = COARSE_FACTOR) -> np.ndarray:
+    """Each block labelled by its most frequent class."""
+    one_hot = np.stack([coarsen((labels == c).astype(np.float32), factor) for c in range(classes)])
+    return one_hot.argmax(axis=0).astype(np.uint8)
+
+
+def refine(probs: np.ndarray, shape: tuple[int, ...], factor: int = COARSE_FACTOR) -> np.ndarray:
+    """Context-grid probabilities (classes first) back on the model's grid of `shape`:
+    trilinear, block centres on the centres of the voxels they average."""
+    x = torch.from_numpy(np.ascontiguousarray(probs, np.float32))[None]
+    fine = F.interpolate(x, scale_factor=factor, mode="trilinear", align_corners=False)[0]
+    return fine[:, : shape[0], : shape[1], : shape[2]].numpy()
