@@ -120,7 +120,7 @@ def metadata_problem(doc: object) -> str | None:
     error = best_match(_VALIDATOR.iter_errors(doc))
     if error is not None:
         return f"{error.json_path}: {error.message}"
-    for key in FINITE_FIELDS:
+    for key in (k for k in FINITE_FIELDS if k in doc):  # context_weight is new in format 2
         place = _non_finite(doc[key], f"$.{key}")
         if place is not None:
             return f"{place} is NaN or infinite"

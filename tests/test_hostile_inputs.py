@@ -322,6 +322,8 @@ FORGERIES = {
     "reversed percentiles": lambda d: d["normalization"]["MR"].update(percentiles=[99.5, 0.5]),
     "unknown kind": lambda d: d["normalization"]["MR"].update(kind="histogram"),
     "unknown variant": lambda d: d.update(variant="v9"),
+    "context weight 2": lambda d: d.update(context_weight=2.0),
+    "NaN context weight": lambda d: d.update(context_weight=float("nan")),
     "format version text": lambda d: d.update(format_version="1"),
     "empty metadata": lambda d: d.clear(),
 }

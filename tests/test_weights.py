@@ -112,3 +112,22 @@ def test_dual_stream_file_without_per_modality_statistics_uses_the_blended_ones(
     state = load_weights(tmp_path / "old.safetensors").model.state_dict()
     key = next(k for k in state if k.endswith("running_mean_MR"))
     assert torch.equal(state[key], tensors[key.replace("running_mean_MR", "bn.running_mean")])
+
+
+def test_files_of_format_1_have_no_context_pass(tmp_path):
+    """Files written before the context pass (format 1, no context_weight) load as before."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from napari_mmseg.weights import METADATA_KEY
+
+    path = make_weights(tmp_path / "v4.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
+        doc = json.loads(f.metadata()[METADATA_KEY])
+    doc.pop("context_weight")
+    doc["format_version"] = 1
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={METADATA_KEY: json.dumps(doc)})
+    assert load_weights(tmp_path / "old.safetensors").meta.context_weight == 0.0
