@@ -120,11 +120,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         write_labels(result.labels, out, image, source=scan, overwrite=args.overwrite)
         if report is not None:
             reports[str(scan)] = {"labels": str(out), "variant": loaded.meta.variant, "modality": modality,
-                                  **result.review.to_dict()}
+                                  "context_blended": result.context_blended, **result.review.to_dict()}
             write_report(report, reports, overwrite=args.overwrite or len(reports) > 1)
         if not args.quiet:
             print(f"{scan} -> {out} ({loaded.meta.variant}, {modality}, {result.device}, "
                   f"{time.perf_counter() - t0:.1f} s)")
+            if result.context_blended:
+                print(f"  note: {result.context_note}")
             for flag in result.review.flags:
                 print(f"  check: {flag}")
     return 0

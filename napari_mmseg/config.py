@@ -95,9 +95,10 @@ class AugmentationConfig:
     p_enlarge: float = 0.0
     enlarge_factor: tuple[float, float] = (1.2, 2.0)  # in length
     enlarge_radius: tuple[float, float] = (0.15, 0.4)  # of the patch's extent, before magnifying
-    # patches drawn from the scan at twice the spacing: the context pass of inference
-    # (whole-abdomen windows, an enlarged organ at the size of a normal one) sees such patches
-    p_coarse: float = 0.0
+    # patches drawn from the scan at twice the spacing, so that the network also knows organs
+    # at half their size: on that grid (inference's context pass) an organ twice too large
+    # looks normal, and a window holds the whole abdomen (docs/results.md, "Context")
+    p_coarse: float = 0.3
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[Prepa
 
     def score(case: PreparedCase, values: np.ndarray, kind: str, condition: str, bn: str,
               labels: np.ndarray | None = None) -> None:
-        probs = predict_scan(model, values, meta.normalization[case.modality], case.modality, meta.patch_size,
+        probs, _ = predict_scan(model, values, meta.normalization[case.modality], case.modality, meta.patch_size,
                              dev, meta.context_weight)
         pred = labels_on_model_grid(probs)
         for s in dice_scores(pred, case.labels if labels is None else labels, spacing):

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from .confidence import probability_maps
-from .context_grid import coarsen, refine
+from .context_grid import coarsen, needs_context, refine
 from .device import mixed_precision, place, resolve_device, tune_cpu
 from .errors import Cancelled
 from .networks import MultiModalFCN
@@ -59,6 +59,14 @@ class Segmentation:
     confidence: sitk.Image | None = None  # largest class probability per voxel
     uncertainty: sitk.Image | None = None  # normalised entropy per voxel, 0 (sure) to 1
     timings: dict[str, float] = field(default_factory=dict)
+    # the context pass found an organ much larger than the windows did, and was blended in
+    context_blended: bool = False
+
+    @property
+    def context_note(self) -> str:
+        """For the user, when the context pass changed the labels ('' otherwise)."""
+        return ("an organ looked larger than the sliding windows could see whole: the whole-abdomen "
+                "context pass was blended in" if self.context_blended else "")
 
 
 def body_box(values: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -142,11 +150,12 @@ def predict_scan(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     timings: dict[str, float] | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, bool]:
     """Class probabilities on the model's grid for a scan's intensities there (a crop of the
     canonical scan, not yet normalised): the sliding-window pass, blended with a pass on the
     context grid (twice the spacing: `context_grid.py`) by `context_weight`, the share the
-    weights were trained and measured with (0: no context pass)."""
+    weights were trained and measured with (0: no context pass), when that pass finds an
+    organ much larger than the windows do. Also says whether it was blended."""
     def normalised(values: np.ndarray) -> np.ndarray:
         t = time.perf_counter()
         out = norm.apply(values)
@@ -156,7 +165,7 @@ def predict_scan(
 
     if not context_weight:
         return predict_probabilities(model, normalised(raw), modality, patch, device, options, progress,
-                                     cancel, timings)
+                                     cancel, timings), False
     coarse = coarsen(raw)
     n_fine, n_coarse = (window_count(v.shape, patch, options.overlap) for v in (raw, coarse))
     share = n_fine / (n_fine + n_coarse)
@@ -165,9 +174,12 @@ def predict_scan(
                                   lambda f, s: report(share * f, s), cancel, timings)
     context = predict_probabilities(model, normalised(coarse), modality, patch, device, options,
                                     lambda f, s: report(share + (1 - share) * f, f"context {s}"), cancel, timings)
+    context = refine(context, probs.shape[1:])
+    if not needs_context(probs, context):
+        return probs, False
     probs *= 1.0 - context_weight
-    probs += context_weight * refine(context, probs.shape[1:])
-    return probs
+    probs += context_weight * context
+    return probs, True
 
 
 def labels_on_model_grid(probs: np.ndarray) -> np.ndarray:
@@ -215,7 +227,7 @@ def segment_image(
     )
     timings["normalise"] = time.perf_counter() - t  # the crop (`predict_scan` adds the normalisation)
 
-    probs_crop = predict_scan(
+    probs_crop, context_blended = predict_scan(
         loaded.model, raw[box], norm, modality, meta.patch_size, device, meta.context_weight, options,
         progress=lambda f, s: report(round(0.05 + 0.9 * f, 6), s), cancel=cancel, timings=timings,
     )
@@ -236,4 +248,5 @@ def segment_image(
     review = review_image(native, confidence)
     timings["review"] = time.perf_counter() - t
     report(1.0, "done")
-    return Segmentation(native, str(device), meta.variant, modality, review, confidence, uncertainty, timings)
+    return Segmentation(native, str(device), meta.variant, modality, review, confidence, uncertainty, timings,
+                        context_blended)

@@ -97,7 +97,7 @@ def validate(
     for modality, prepared in cases.items():
         per_organ: dict[str, list[float]] = {}
         for case in prepared:
-            probs = predict_scan(model, case.values, norms[modality], modality, patch, device, context)
+            probs, _ = predict_scan(model, case.values, norms[modality], modality, patch, device, context)
             pred = labels_on_model_grid(probs)
             for s in dice_scores(pred, case.labels, (spacing,) * 3):
                 per_organ.setdefault(s.organ, []).append(s.dice)

@@ -5,7 +5,7 @@ import SimpleITK as sitk
 import torch
 from conftest import make_weights
 
-from napari_mmseg.context_grid import coarsen, coarsen_labels, refine
+from napari_mmseg.context_grid import coarsen, coarsen_labels, needs_context, refine
 from napari_mmseg.inference import InferenceOptions, predict_probabilities, predict_scan, segment_image
 from napari_mmseg.weights import load_weights, save_weights
 
@@ -43,12 +43,33 @@ def test_the_context_pass_is_blended_by_the_weights_share(tmp_path):
     fine = predict_probabilities(model, norm.apply(raw), "CT", patch, CPU)
     context = refine(predict_probabilities(model, norm.apply(coarsen(raw)), "CT", patch, CPU), raw.shape)
     seen = []
-    blended = predict_scan(model, raw, norm, "CT", patch, CPU, 0.25, progress=lambda f, s: seen.append((f, s)))
-    np.testing.assert_allclose(blended, 0.75 * fine + 0.25 * context, atol=1e-5)
-    np.testing.assert_allclose(predict_scan(model, raw, norm, "CT", patch, CPU, 0.0), fine, atol=1e-6)
+    probs, blended = predict_scan(model, raw, norm, "CT", patch, CPU, 0.25,
+                                  progress=lambda f, s: seen.append((f, s)))
+    if needs_context(fine, context):
+        assert blended
+        np.testing.assert_allclose(probs, 0.75 * fine + 0.25 * context, atol=1e-5)
+    else:
+        assert not blended
+        np.testing.assert_allclose(probs, fine, atol=1e-6)
+    np.testing.assert_allclose(predict_scan(model, raw, norm, "CT", patch, CPU, 0.0)[0], fine, atol=1e-6)
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert seen[-1][1].startswith("context windows")
+
+
+def test_the_context_pass_is_consulted_only_for_an_organ_the_windows_find_too_small():
+    fine = np.zeros((5, 10, 10, 10), np.float32)
+    fine[0] = 1.0
+    fine[:, :4] = 0.0
+    fine[2, :4] = 1.0  # a spleen of 400 voxels
+    context = fine.copy()
+    context[:, 4:5] = 0.0
+    context[2, 4:5] = 1.0  # 500: not much larger
+    assert not needs_context(fine, context)
+    context[:, 5:6] = 0.0
+    context[2, 5:6] = 1.0  # 600: 1.5×, as an enlarged spleen the windows call background
+    assert needs_context(fine, context)
+    assert not needs_context(context, fine)  # the windows finding more is no reason
 
 
 def test_weights_with_a_context_pass_segment_a_scan(tmp_path):
