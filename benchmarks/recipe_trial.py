@@ -5,6 +5,9 @@ contrast shifts, and on TotalSegmentator's examples. Printed: mean Dice per arm 
 paired difference of each arm to the first (the control: the recipe as it is), with a
 bootstrap interval over patients.
 
+An arm whose weights are already in --out (`ARM/VARIANT.safetensors`) is only tested: after
+the test changed, copy the trained arms into a new --out to score them again.
+
 Fine-tuning from a common start compares recipes at a fraction of the cost of training each
 from scratch; it answers "which recipe should the shipped files continue with", not "which
 recipe is best from scratch".
@@ -65,10 +68,13 @@ def _run_arm(job: tuple) -> tuple[str, list[dict], float]:
     test = parts[args.fold]
     train = [c for i, p in enumerate(parts) if i != args.fold for c in p]
     t0 = time.perf_counter()
+    start = load_weights(args.init)
+    trained = Path(args.out) / (arm.name if arm else "") / f"{start.meta.variant}.safetensors"
     if arm is None:  # the starting point itself
         weights, name = Path(args.init), "start"
+    elif trained.is_file():  # trained before (e.g. scored again after the test changed): only tested
+        weights, name = trained, arm.name
     else:
-        start = load_weights(args.init)
         preset = PRESETS[start.meta.training.get("preset", "light")]
         training = replace(preset.training, augmentation=arm.augmentation, batch_size=args.batch_size,
                            lr_single=args.lr, lr_dual=args.lr, checkpoint_every=100,
