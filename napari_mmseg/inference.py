@@ -1,5 +1,6 @@
 """Segmenting a scan: canonical resampling, normalisation, sliding windows with Gaussian
-weighting (MONAI), argmax, and labels back on the scan's own grid.
+weighting (MONAI), a context pass at twice the spacing where the weights have one, stray
+pieces of organs dropped, and labels back on the scan's own grid.
 
 Progress goes out through a plain callback `progress(fraction, stage)` and a `cancel()`
 callable is polled between windows, so any front end (tqdm, napari) can drive it.
@@ -235,7 +236,7 @@ def segment_image(
     report(0.95, "resampling back to the scan's grid")
     labelled = without_stray_pieces(probs_crop) if options.drop_stray_pieces else probs_crop
     native = probabilities_to_native(labelled, canonical, image, where=box)
-    del labelled
+    del labelled  # the copy without stray pieces: free before the uncertainty maps
     timings["resample_back"] = time.perf_counter() - t
     confidence = uncertainty = None
     if options.uncertainty:
