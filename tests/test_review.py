@@ -141,8 +141,9 @@ def test_confidence_on_another_grid_is_refused():
 
 def test_a_real_scan_passes_and_its_mirror_image_is_flagged(mr_scan):
     """CHAOS patient 2 (a training case: a check of the flags, not of accuracy) with the
-    bundled MR network: every organ found on its side, confident inside. The same voxels with the x axis of the direction negated (a file with wrong orientation
-    metadata) put the liver on the patient's left: the review must point at the liver."""
+    bundled MR network: every organ found on its side, confident inside. The same voxels
+    with the x axis of the direction negated (a file with wrong orientation metadata) put
+    the liver on the patient's left: the review must point at the liver."""
     from napari_mmseg.inference import InferenceOptions, segment_image
     from napari_mmseg.scan_io import read_scan
     from napari_mmseg.weights import bundled_weights, load_weights
