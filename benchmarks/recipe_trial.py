@@ -69,11 +69,10 @@ def _run_arm(job: tuple) -> tuple[str, list[dict], float]:
     train = [c for i, p in enumerate(parts) if i != args.fold for c in p]
     t0 = time.perf_counter()
     start = load_weights(args.init)
-    trained = Path(args.out) / (arm.name if arm else "") / f"{start.meta.variant}.safetensors"
     if arm is None:  # the starting point itself
         weights, name = Path(args.init), "start"
-    elif trained.is_file():  # trained before (e.g. scored again after the test changed): only tested
-        weights, name = trained, arm.name
+    elif (trained := Path(args.out) / arm.name / f"{start.meta.variant}.safetensors").is_file():
+        weights, name = trained, arm.name  # trained before (e.g. scored again after the test changed)
     else:
         preset = PRESETS[start.meta.training.get("preset", "light")]
         training = replace(preset.training, augmentation=arm.augmentation, batch_size=args.batch_size,
@@ -91,7 +90,7 @@ def _run_arm(job: tuple) -> tuple[str, list[dict], float]:
 
         prepared = {m: [c for c in train if c.modality == m] for m in run.modalities}
         weights, name = train_prepared(run, prepared, {}, log), arm.name
-    loaded = load_weights(weights)
+    loaded = start if arm is None else load_weights(weights)
     rows = evaluate(loaded, test, totalseg, "cpu", kinds=kinds)
     for r in rows:
         r.update(variant=name, protocol="trial", repetition=args.repetition, fold=args.fold)
