@@ -54,6 +54,7 @@ class OrganReview:
     confidence: float  # mean max-softmax probability inside the organ (nan if absent or unknown)
     components: int  # number of large connected components
     flags: tuple[str, ...]  # why to look again, one sentence each
+    at_scan_edge: bool = False  # reaches a face of the scan: only part of it may be in view
 
     def to_dict(self) -> dict:
         return {
@@ -61,6 +62,7 @@ class OrganReview:
             "volume_ml": round(self.volume_ml, 1),
             "confidence": None if math.isnan(self.confidence) else round(self.confidence, 4),
             "components": self.components,
+            "at_scan_edge": self.at_scan_edge,
             "flags": list(self.flags),
         }
 
@@ -85,9 +87,10 @@ class _Measured:
     centroid_x_mm: float  # physical LPS x: larger is further to the patient's left
     components_ml: tuple[float, ...]  # largest first
     confidence: float
+    at_scan_edge: bool  # its bounding box touches a face of the image
 
 
-_ABSENT = _Measured(0.0, math.nan, (), math.nan)
+_ABSENT = _Measured(0.0, math.nan, (), math.nan, False)
 
 
 def review_image(labels: sitk.Image, confidence: sitk.Image | None = None,
@@ -109,9 +112,9 @@ def review_image(labels: sitk.Image, confidence: sitk.Image | None = None,
     for o in ORGANS:
         m = measured.get(o.label, _ABSENT)
         large = _large(m.components_ml, m.volume_ml, rules)
-        flags = (*_volume_flags(o.name, m.volume_ml, rules), *_component_flags(large, m.volume_ml),
+        flags = (*_volume_flags(o.name, m.volume_ml, m.at_scan_edge, rules), *_component_flags(large, m.volume_ml),
                  *side.get(o.label, ()))
-        organs.append(OrganReview(o.label, o.name, m.volume_ml, m.confidence, len(large), flags))
+        organs.append(OrganReview(o.label, o.name, m.volume_ml, m.confidence, len(large), flags, m.at_scan_edge))
     return ScanReview(tuple(organs))
 
 
@@ -129,6 +132,7 @@ def _measure(ids: np.ndarray, confidence: np.ndarray | None, label: int,
         shapes.GetCentroid(label)[0],
         tuple(float(c) * voxel_ml for c in sorted(counts, reverse=True)),
         math.nan if confidence is None else float(confidence[box][inside].mean(dtype=np.float64)),
+        any(b == 0 or b + n == size for b, n, size in zip((x, y, z), (nx, ny, nz), ids.shape[::-1], strict=True)),
     )
 
 
@@ -137,11 +141,15 @@ def _large(components_ml: tuple[float, ...], volume_ml: float, rules: ReviewRule
     return tuple(c for c in components_ml if c >= least)
 
 
-def _volume_flags(name: str, volume_ml: float, rules: ReviewRules) -> tuple[str, ...]:
+def _volume_flags(name: str, volume_ml: float, at_scan_edge: bool, rules: ReviewRules) -> tuple[str, ...]:
+    """An organ cut by the scan's edge (a slab, a small field of view) is not called small:
+    only the part in view was measured, and the reviewer is told so instead."""
     lo, hi = rules.volume_ranges_ml[name]
     if volume_ml == 0.0:
         return ("not found",)
     if volume_ml < lo / rules.volume_margin:
+        if at_scan_edge:
+            return (f"reaches the edge of the scan: its {volume_ml:.1f} ml are only the part in view",)
         return (f"volume {volume_ml:.1f} ml is below the training range {lo:.0f}–{hi:.0f} ml",)
     if volume_ml > hi * rules.volume_margin:
         return (f"volume {volume_ml:.1f} ml is above the training range {lo:.0f}–{hi:.0f} ml",)

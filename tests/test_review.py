@@ -76,6 +76,18 @@ def test_volume_above_the_range():
     assert flag.startswith("volume 7680.0 ml is above the training range")
 
 
+def test_an_organ_cut_by_the_scans_edge_is_not_called_small():
+    """A 10 mm slab through the same anatomy: every organ is cut by its top and bottom
+    slices, so its volume is partial; the reviewer is told that, not "below the range"."""
+    review = review_image(image(anatomy()[28:33].copy()))
+    organs = by_name(review)
+    for name, organ in organs.items():
+        assert organ.at_scan_edge, name
+        assert organ.volume_ml < TRAINING_VOLUMES_ML[name][0] / VOLUME_MARGIN
+        assert organ.flags == (f"reaches the edge of the scan: its {organ.volume_ml:.1f} ml are only the part in view",)
+    assert not any(o.at_scan_edge for o in review_image(image(anatomy())).organs)
+
+
 def test_organ_split_into_large_pieces_but_not_by_specks():
     labels = anatomy()
     labels[20:40, 10:50, 78:82] = 0  # the right kidney cut into two halves of 51.2 ml
@@ -128,7 +140,8 @@ def test_confidence_is_the_mean_inside_each_organ_and_the_report_is_json():
     assert organs["kidney_right"].confidence == pytest.approx(0.75, abs=1e-5)
     report = json.loads(json.dumps(review.to_dict(), allow_nan=False))
     assert report["organs"]["liver"] == {"label": 1, "volume_ml": round(organs["liver"].volume_ml, 1),
-                                         "confidence": 0.9, "components": 1, "flags": []}
+                                         "confidence": 0.9, "components": 1, "at_scan_edge": False,
+                                         "flags": []}
     absent = review_image(image(np.zeros_like(labels)), conf).to_dict()
     assert absent["organs"]["spleen"]["confidence"] is None
     assert len(absent["flags"]) == 4
