@@ -131,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for name in done for r in done[name]]
     control = (arms[0].name, "trial")
     print(f"\nfold {args.fold} of repetition {args.repetition}; {args.steps} fine-tuning steps from {args.init}")
-    print("| arm | CT in-domain | CT shifted | CT spleen enlarged | MR in-domain | MR shifted | MR spleen enlarged "
-          "| TS CT | TS MR |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| arm | CT in-domain | CT shifted | CT spleen enlarged | CT slabs | MR in-domain | MR shifted "
+          "| MR spleen enlarged | MR slabs | TS CT | TS MR |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in ["start", *(a.name for a in arms)]:
         cells = []
-        for modality, kind in (("CT", "in-domain"), ("CT", "shifted"), ("CT", "enlarged"), ("MR", "in-domain"),
-                               ("MR", "shifted"), ("MR", "enlarged"), ("CT", "totalseg"), ("MR", "totalseg")):
+        for modality, kind in (*((m, k) for m in ("CT", "MR") for k in ("in-domain", "shifted", "enlarged", "slab")),
+                               ("CT", "totalseg"), ("MR", "totalseg")):
             c = compare(rows, (name, "trial"), modality, kind, baseline=control)
             cells.append("–" if c is None else f"{c['dice']:.3f}" if name == control[0]
                          else f"{c['dice']:.3f} ({format_difference(c)})")

@@ -36,6 +36,10 @@ from .weights import LoadedModel, load_weights
 
 ENLARGED_SPLEEN_FACTOR = 2.0  # in length: a typical spleen of 0.25 l becomes about 1.5–2 l
 ENLARGED_SPLEEN = "spleen enlarged 2× in length"
+# Thin slabs (a breath-hold T1 series, TotalSegmentator's 20-slice example MR): the test case
+# cut to this many slices of the model's grid (60 mm at 3 mm) around the middle of two organs.
+THIN_SLAB_SLICES = 20
+THIN_SLAB_CENTRES = {"kidneys": ("kidney_right", "kidney_left"), "liver and spleen": ("liver", "spleen")}
 ALL_CASES = "all cases"  # a task trained on every case (the files to ship), not tested
 TOTALSEG_PREFIX = "ts-example"
 
@@ -147,13 +151,24 @@ def load_cases(study: StudyConfig) -> tuple[list[PreparedCase], list[PreparedCas
     return [c for c in every if not c.name.startswith(TOTALSEG_PREFIX)], ts
 
 
-EVALUATION_KINDS = ("in-domain", "shifted", "enlarged", "totalseg")
+EVALUATION_KINDS = ("in-domain", "shifted", "enlarged", "slab", "totalseg")
+
+
+def thin_slab(values: np.ndarray, labels: np.ndarray, organs: tuple[str, ...],
+              slices: int = THIN_SLAB_SLICES) -> tuple[np.ndarray, np.ndarray]:
+    """The case's `slices` consecutive slices (first axis) centred on the median slice of
+    the organs' voxels, with their labels."""
+    z = np.nonzero(np.isin(labels, [ORGAN_BY_NAME[o].label for o in organs]).any(axis=(1, 2)))[0]
+    middle = int(np.median(z)) if z.size else labels.shape[0] // 2
+    start = int(np.clip(middle - slices // 2, 0, max(labels.shape[0] - slices, 0)))
+    return values[start:start + slices], labels[start:start + slices]
 
 
 def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[PreparedCase], device: str,
              shifted_cache: dict | None = None, kinds: tuple[str, ...] = EVALUATION_KINDS) -> list[dict]:
     """Dice per organ on the model's grid: each test case as it is, under every contrast
-    shift of its modality and with its spleen enlarged, and the TotalSegmentator examples. Dual-stream networks are also
+    shift of its modality, with its spleen enlarged and cut to thin slabs, and the
+    TotalSegmentator examples. Dual-stream networks are also
     scored, as they are, with blended BN statistics (what a plain shared BN would use)."""
     meta, model = loaded.meta, loaded.model
     dev = resolve_device(device)
@@ -191,6 +206,10 @@ def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[Prepa
                                            ENLARGED_SPLEEN_FACTOR, spacing)
             enlarged_values, enlarged_labels = cache[key]
             score(case, enlarged_values, "enlarged", ENLARGED_SPLEEN, bn, enlarged_labels)
+        for where, organs in THIN_SLAB_CENTRES.items() if "slab" in kinds else ():
+            slab_values, slab_labels = thin_slab(case.values, case.labels, organs)
+            score(case, slab_values, "slab", f"{THIN_SLAB_SLICES * meta.spacing_mm:.0f} mm at the {where}", bn,
+                  slab_labels)
     for case in (c for c in totalseg if c.modality in meta.modalities and "totalseg" in kinds):
         score(case, case.values, "totalseg", "as is", bn)
     return rows

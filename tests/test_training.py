@@ -168,7 +168,7 @@ def test_study_writes_tables_plots_and_resumes(data, tmp_path, monkeypatch):
     assert equal["task"]["steps"] == 4 and same["task"]["steps"] == 2  # N per modality vs N in all
     rows = equal["rows"]
     assert {r["modality"] for r in rows} == {"CT", "MR"}
-    assert {r["kind"] for r in rows} == {"in-domain", "shifted", "enlarged"}
+    assert {r["kind"] for r in rows} == {"in-domain", "shifted", "enlarged", "slab"}
     spleen = {r["kind"]: r["reference_ml"] for r in rows if r["organ"] == "spleen" and r["case"] == rows[0]["case"]
               and r["bn_statistics"] != "blended"}
     assert spleen["enlarged"] > 2 * spleen["in-domain"], "the enlarged spleen is scored against its warped labels"
@@ -183,6 +183,23 @@ def test_study_writes_tables_plots_and_resumes(data, tmp_path, monkeypatch):
     run_study(study, log=lines.append)
     assert "0 to run" in lines[0]
     assert report.read_text(encoding="utf-8") == text
+
+
+def test_thin_slab_is_centred_on_its_organs_and_keeps_their_labels():
+    from napari_mmseg.experiment import thin_slab
+
+    labels = np.zeros((100, 8, 8), np.uint8)
+    labels[10:40, 2:6, 2:6] = 1  # liver
+    labels[60:80, 1:3, 1:3] = 3  # right kidney
+    labels[70:91, 5:7, 5:7] = 4  # left kidney: the kidneys' voxels span slices 60–90, the middle 75
+    values = np.arange(labels.size, dtype=np.float32).reshape(labels.shape)
+    v, lab = thin_slab(values, labels, ("kidney_right", "kidney_left"), slices=20)
+    assert v.shape == lab.shape == (20, 8, 8)
+    assert np.array_equal(v, values[65:85]) and np.array_equal(lab, labels[65:85])
+    v, lab = thin_slab(values, labels, ("liver", "spleen"), slices=50)  # clipped to the scan's start
+    assert np.array_equal(lab, labels[:50])
+    v, lab = thin_slab(values[:12], labels[:12], ("liver",), slices=20)  # a scan thinner than the slab
+    assert v.shape[0] == 12
 
 
 def test_study_plan_orders_and_sizes_tasks(tmp_path):
