@@ -7,7 +7,8 @@ smooth random mask as its IPA does), every patch is shown with a random appearan
 CT window (as if another phase or scanner), organ-wise brightness and contrast (as if
 enhanced differently), a random intensity curve, monotone or not (T2 ↔ T1 contrasts), a
 random convolutional remapping (local texture and edges of another sequence, e.g. the dark
-rims at fat–water boundaries of gradient-echo MR), gamma, a smooth bias field, blur or thick
+rims at fat–water boundaries of gradient-echo MR), for CT optionally fat as gradient-echo MR
+shows it (bright, dark-rimmed in opposed phase), gamma, a smooth bias field, blur or thick
 slices, noise; plus small rotations and scaling, and (off by default: it cost CT accuracy
 in the recipe trial) a region around the patch's centre magnified, organs larger than the
 training data holds.
@@ -92,6 +93,27 @@ def class_wise(u: np.ndarray, labels: np.ndarray, cfg: AugmentationConfig, rng: 
         shift = float(rng.uniform(-cfg.class_shift, cfg.class_shift))
         out[mask] = (values - centre) * scale + centre + shift
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+FAT_HU = -100.0  # pure fat
+WATER_HU = 20.0  # fat-free soft tissue (below most organs, above fluid): no fat signal above
+AIR_HU = -190.0  # below this, air or lung (partial volumes of air): no fat signal
+
+
+def fat_fraction(hu: np.ndarray) -> np.ndarray:
+    """Each CT voxel's fat fraction, from its HU between fat and fat-free tissue: 1 in fat,
+    about 0.5 in a voxel that straddles a fat–organ boundary, 0 in organs and in air."""
+    f = np.clip((WATER_HU - hu) / (WATER_HU - FAT_HU), 0.0, 1.0).astype(np.float32)
+    f[hu < AIR_HU] = 0.0
+    return f
+
+
+def fat_signal(u: np.ndarray, fat: np.ndarray, brightness: float, opposed: bool) -> np.ndarray:
+    """Gradient-echo MR's fat from a CT patch: voxel signal = water part ± fat part. In phase
+    the two add (fat bright); in opposed phase they subtract, so voxels half fat and half
+    water, at every fat–organ boundary, go dark (the "India ink" rim of T1 opposed phase)."""
+    water, lipid = (1.0 - fat) * u, fat * np.float32(brightness)
+    return np.abs(water - lipid) if opposed else water + lipid
 
 
 def random_convolutions(x: torch.Tensor, rng: np.random.Generator, nets: int = 2, layers: int = 4,

@@ -99,6 +99,11 @@ class AugmentationConfig:
     # at half their size: on that grid (inference's context pass) an organ twice too large
     # looks normal, and a window holds the whole abdomen (docs/results.md, "Context")
     p_coarse: float = 0.3
+    # CT patches shown as gradient-echo MR shows fat: bright, and at fat–water boundaries
+    # (in opposed phase) the dark rim of cancelled signal, from each voxel's fat fraction in HU
+    p_fat_signal: float = 0.0
+    p_opposed_phase: float = 0.5  # of those: opposed phase (dark rims), otherwise in phase
+    fat_brightness: tuple[float, float] = (0.6, 1.0)  # in the unit range
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from .augmentation import (
     class_wise,
     convolutional_remap,
     enlarged,
+    fat_fraction,
+    fat_signal,
     gaussian_blur,
     spatial_grid,
     thick_slices,
@@ -227,6 +229,9 @@ class PatchSampler:
                 u = body = convolutional_remap(remap(u), rng)
             else:
                 u, body = remap(u), remap(body)
+            if self.norm.kind == "window" and rng.random() < aug.p_fat_signal:
+                u = fat_signal(u, fat_fraction(raw), float(rng.uniform(*aug.fat_brightness)),
+                               rng.random() < aug.p_opposed_phase)
             if rng.random() < aug.p_bias:
                 u = u * bias_field(u.shape, aug.bias_strength, rng)
         x = torch.from_numpy(self._to_network(u, body))[None, None]

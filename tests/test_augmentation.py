@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import binary_erosion
+from scipy.ndimage import binary_dilation, binary_erosion
 from synthetic import CT_NORM, organ_phantom
 
 from napari_mmseg import augmentation as aug
@@ -16,7 +16,7 @@ from napari_mmseg.preprocessing import default_norm
 from napari_mmseg.training_data import PatchSampler, PreparedCase
 
 ALWAYS = AugmentationConfig(p_class_wise=1.0, p_curve=1.0, p_convolutional=1.0, p_gamma=1.0, p_bias=1.0, p_blur=1.0,
-                            p_thick_slices=1.0, p_spatial=1.0, p_slab=0.0)
+                            p_thick_slices=1.0, p_spatial=1.0, p_slab=0.0, p_fat_signal=1.0)
 
 
 
@@ -28,6 +28,7 @@ ALWAYS = AugmentationConfig(p_class_wise=1.0, p_curve=1.0, p_convolutional=1.0, 
     ("blur", lambda u, lab, rng: aug.gaussian_blur(torch.from_numpy(u)[None, None], 1.0)[0, 0].numpy()),
     ("thick", lambda u, lab, rng: aug.thick_slices(torch.from_numpy(u)[None, None], 3)[0, 0].numpy()),
     ("convolutional", lambda u, lab, rng: aug.convolutional_remap(u, rng)),
+    ("fat signal", lambda u, lab, rng: aug.fat_signal(u, aug.fat_fraction(fatty_phantom().values), 0.9, True)),
 ])
 def test_intensity_augmentations_change_the_image_only(name, transform):
     case = organ_phantom()
@@ -38,6 +39,40 @@ def test_intensity_augmentations_change_the_image_only(name, transform):
     assert np.array_equal(labels, case.labels), f"{name} must not touch the labels"
     assert not np.allclose(out, u), f"{name} changed nothing"
     assert np.isfinite(out).all()
+
+
+def fatty_phantom():
+    """The phantom with a 4-voxel layer of fat (-100 HU) around the right kidney."""
+    case = organ_phantom()
+    around = binary_dilation(case.labels == 3, iterations=4) & (case.labels == 0)
+    case.values[around] = -100.0
+    return case
+
+
+def test_fat_fraction_follows_hu_and_gradient_echo_rims_appear_at_fat_boundaries():
+    hu = np.array([-1000.0, -300.0, -100.0, -40.0, 20.0, 60.0, 180.0], np.float32)
+    assert aug.fat_fraction(hu).tolist() == pytest.approx([0.0, 0.0, 1.0, 0.5, 0.0, 0.0, 0.0])
+    u = np.array([0.5, 0.5, 0.5], np.float32)  # tissue, a fat–tissue boundary voxel, fat
+    fat = np.array([0.0, 0.5, 1.0], np.float32)
+    assert aug.fat_signal(u, fat, 0.5, opposed=True).tolist() == pytest.approx([0.5, 0.0, 0.5])  # the dark rim
+    assert aug.fat_signal(u, fat, 0.9, opposed=False).tolist() == pytest.approx([0.5, 0.7, 0.9])  # fat bright
+    # through the sampler (same seed, with and without): fat, the darkest tissue in the CT
+    # window, comes out brighter than the kidney it surrounds; the labels are the same
+    plain = AugmentationConfig(p_class_wise=0, p_curve=0, p_convolutional=0, p_gamma=0, p_bias=0, p_blur=0,
+                               p_thick_slices=0, p_slab=0, p_spatial=0, p_coarse=0, ct_window_shift_hu=0,
+                               ct_window_scale=(1, 1), p_opposed_phase=0.0, fat_brightness=(1.0, 1.0))
+    def patches(appearance):  # one patch per seed: the draws after the fat signal's do not shift the next crop
+        training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0, augmentation=appearance)
+        return [np.concatenate(a) for a in zip(*(
+            PatchSampler([fatty_phantom()], CT_NORM, 32, training, np.random.default_rng(seed)).sample(1)
+            for seed in range(8)), strict=True)]
+    (x0, y0), (x1, y1) = patches(plain), patches(replace(plain, p_fat_signal=1.0))
+    assert np.array_equal(y0, y1)
+    hu = x0 * CT_NORM.std + CT_NORM.mean
+    fat, kidney = np.isclose(hu, -100.0, atol=1.0), y0 == 3
+    assert fat.sum() > 100 and kidney.sum() > 100, "no fat or kidney in the patches: the test proved nothing"
+    assert x1[fat].mean() > x1[kidney].mean() > x0[fat].mean()
+    assert np.allclose(x1[kidney], x0[kidney])  # fat-free tissue keeps its intensity
 
 
 def test_curves_keep_air_dark_and_take_every_form():
