@@ -21,7 +21,8 @@ COARSE_FACTOR = 2  # the context grid's spacing, in model voxels
 # times as large as the sliding windows do (an organ too large for them). Always blended,
 # it cost about 0.01 Dice on every scan of normal size and up to 0.06 on contrast-shifted
 # MR; gated, 0.002 on scans as they are, 0.02–0.03 still on the hard MR contrasts (gamma 2,
-# inverted). Both chosen on held-out patients (docs/results.md, "Context").
+# inverted). Both chosen on held-out patients (docs/results.md, "Context"). Scans shorter
+# than one window along z get no context pass (`inference.predict_scan`).
 CONTEXT_WEIGHT = 0.5
 CONTEXT_GATE = 1.5
 

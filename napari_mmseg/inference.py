@@ -156,7 +156,11 @@ def predict_scan(
     canonical scan, not yet normalised): the sliding-window pass, blended with a pass on the
     context grid (twice the spacing: `context_grid.py`) by `context_weight`, the share the
     weights were trained and measured with (0: no context pass), when that pass finds an
-    organ much larger than the windows do. Also says whether it was blended."""
+    organ much larger than the windows do. Also says whether it was blended.
+
+    A scan shorter than one window along z (a slab: a breath-hold series, a small field of
+    view) gets no context pass: the windows already see all of its length, and on 60 mm slabs
+    of held-out patients the pass cost Dice (docs/results.md, "Thin slabs")."""
     def normalised(values: np.ndarray) -> np.ndarray:
         t = time.perf_counter()
         out = norm.apply(values)
@@ -164,7 +168,7 @@ def predict_scan(
             timings["normalise"] = timings.get("normalise", 0.0) + time.perf_counter() - t
         return out
 
-    if not context_weight:
+    if not context_weight or raw.shape[0] < patch:
         return predict_probabilities(model, normalised(raw), modality, patch, device, options, progress,
                                      cancel, timings), False
     coarse = coarsen(raw)

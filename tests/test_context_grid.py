@@ -38,7 +38,7 @@ def test_refine_puts_block_centres_on_the_centres_of_their_voxels():
 def test_the_context_pass_is_blended_by_the_weights_share(tmp_path):
     loaded = load_weights(make_weights(tmp_path / "v4.safetensors"))
     rng = np.random.default_rng(0)
-    raw = rng.normal(40, 30, (20, 24, 28)).astype(np.float32)
+    raw = rng.normal(40, 30, (36, 24, 28)).astype(np.float32)  # longer than a window (32) along z
     norm, model, patch = loaded.meta.normalization["CT"], loaded.model, loaded.meta.patch_size
     fine = predict_probabilities(model, norm.apply(raw), "CT", patch, CPU)
     context = refine(predict_probabilities(model, norm.apply(coarsen(raw)), "CT", patch, CPU), raw.shape)
@@ -55,6 +55,16 @@ def test_the_context_pass_is_blended_by_the_weights_share(tmp_path):
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert seen[-1][1].startswith("context windows")
+
+
+def test_a_slab_shorter_than_a_window_gets_no_context_pass(tmp_path):
+    loaded = load_weights(make_weights(tmp_path / "v4.safetensors"))
+    norm, model, patch = loaded.meta.normalization["CT"], loaded.model, loaded.meta.patch_size
+    raw = np.random.default_rng(2).normal(40, 30, (patch - 1, 24, 28)).astype(np.float32)
+    seen = []
+    probs, blended = predict_scan(model, raw, norm, "CT", patch, CPU, 0.5, progress=lambda f, s: seen.append(s))
+    assert not blended and not any("context" in s for s in seen)
+    np.testing.assert_allclose(probs, predict_probabilities(model, norm.apply(raw), "CT", patch, CPU), atol=1e-6)
 
 
 def test_the_context_pass_is_consulted_only_for_an_organ_the_windows_find_too_small():
