@@ -138,10 +138,18 @@ def test_ddp_with_two_cpu_processes(data, tmp_path):
         f"train(TrainingRun('v4', TINY, {out!r}, device='cpu', steps=2, progress_bar=False), cases, [], log=print)\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+
+    proc = run()
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # gloo's threads can still abort a rank as the process group is torn down, even after
+        # it is destroyed explicitly (1 of 9 runs on 2026-11-30); a second failure is real
+        proc = run()
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = load_weights(tmp_path / "out" / "v4.safetensors").meta
     assert meta.training["world_size"] == 2
