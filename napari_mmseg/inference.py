@@ -160,7 +160,7 @@ def predict_scan(
 
     A scan shorter than one window along z (a slab: a breath-hold series, a small field of
     view) gets no context pass: the windows already see all of its length, and on 60 mm slabs
-    of held-out patients the pass cost Dice (docs/results.md, "Thin slabs")."""
+    of held-out patients the pass cost Dice (docs/results.md, "Third session")."""
     def normalised(values: np.ndarray) -> np.ndarray:
         t = time.perf_counter()
         out = norm.apply(values)
