@@ -104,6 +104,10 @@ class AugmentationConfig:
     p_fat_signal: float = 0.0
     p_opposed_phase: float = 0.5  # of those: opposed phase (dark rims), otherwise in phase
     fat_brightness: tuple[float, float] = (0.6, 1.0)  # in the unit range
+    # of the MR batches' patches: a CT patch with its labels, fat shown as gradient-echo MR
+    # shows it and normalised as an MR scan, so that the MR stream meets bright fat (T1),
+    # which T2-SPIR (fat suppressed) never shows it; variants trained on both modalities
+    p_ct_as_mr: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -122,15 +122,21 @@ class PatchSampler:
     augmentation of `augmentation.py`, Gaussian noise and an intensity offset.
 
     Patches are normalised here, per patch, as `norm` would normalise a whole scan of the
-    patch's (augmented) appearance."""
+    patch's (augmented) appearance; with `shown_as` (CT cases only), as that norm would
+    normalise the patch shown as gradient-echo MR (`AugmentationConfig.p_ct_as_mr`).
+    `guest`: a sampler some of this one's patches come from (CT shown as MR)."""
 
     def __init__(
         self, cases: list[PreparedCase], norm: IntensityNorm, patch: int, training: TrainingConfig,
-        rng: np.random.Generator, device: torch.device | None = None,
+        rng: np.random.Generator, device: torch.device | None = None, shown_as: IntensityNorm | None = None,
+        guest: PatchSampler | None = None,
     ) -> None:
         if norm.kind not in ("window", "foreground"):  # what `fit_normalization` gives
             raise ValueError(f"patches are normalised by a window or by the body, not {norm.kind!r}")
+        if shown_as is not None and norm.kind != "window":
+            raise ValueError("only CT patches (a window) can be shown as MR")
         self.cases, self.norm, self.patch, self.rng = cases, norm, patch, rng
+        self.shown_as, self.guest = shown_as, guest
         # where the rotation and scaling are resampled: a GPU does in 1 ms what takes a CPU core 25
         self.device = device if device is not None else torch.device("cpu")
         self.noise_sigma, self.offset_sigma = training.noise_sigma, training.offset_sigma
@@ -178,12 +184,13 @@ class PatchSampler:
     def _to_network(self, u: np.ndarray, body: np.ndarray) -> np.ndarray:
         """Unit-range intensities → network input, as `norm.apply` would give for a scan
         whose voxels look like `body`."""
-        if self.norm.kind == "window":
-            w0, w1 = self.norm.window
-            return ((u * (w1 - w0) + w0 - self.norm.mean) / self.norm.std).astype(np.float32)
+        norm = self.shown_as or self.norm
+        if norm.kind == "window":
+            w0, w1 = norm.window
+            return ((u * (w1 - w0) + w0 - norm.mean) / norm.std).astype(np.float32)
         inside = body[body > 0.1 * np.percentile(body, 99)]  # the body as `body_mask` finds it after the remap
         body = inside if inside.size else body.ravel()  # a patch of air only
-        lo, hi, mean, std = self.norm.foreground_statistics(body)
+        lo, hi, mean, std = norm.foreground_statistics(body)
         return ((np.clip(u, lo, hi) - mean) / max(std, 1e-6)).astype(np.float32)
 
     def _one(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,9 +236,11 @@ class PatchSampler:
                 u = body = convolutional_remap(remap(u), rng)
             else:
                 u, body = remap(u), remap(body)
-            if self.norm.kind == "window" and rng.random() < aug.p_fat_signal:
+            if self.norm.kind == "window" and (self.shown_as is not None or rng.random() < aug.p_fat_signal):
                 u = fat_signal(u, fat_fraction(raw), float(rng.uniform(*aug.fat_brightness)),
                                rng.random() < aug.p_opposed_phase)
+                if self.shown_as is not None:  # no whole-scan equivalent: the patch is its own scan
+                    body = u
             if rng.random() < aug.p_bias:
                 u = u * bias_field(u.shape, aug.bias_strength, rng)
         x = torch.from_numpy(self._to_network(u, body))[None, None]
@@ -258,5 +267,8 @@ class PatchSampler:
         xs = np.empty((batch, 1, p, p, p), np.float32)
         ys = np.empty((batch, 1, p, p, p), np.int64)
         for b in range(batch):
-            xs[b, 0], ys[b, 0] = self._one(int(self.rng.integers(self.n_fine)))
+            if self.guest is not None and self.rng.random() < self.aug.p_ct_as_mr:
+                xs[b, 0], ys[b, 0] = self.guest._one(int(self.rng.integers(self.guest.n_fine)))
+            else:
+                xs[b, 0], ys[b, 0] = self._one(int(self.rng.integers(self.n_fine)))
         return xs, ys

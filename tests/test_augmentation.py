@@ -75,6 +75,28 @@ def test_fat_fraction_follows_hu_and_gradient_echo_rims_appear_at_fat_boundaries
     assert np.allclose(x1[kidney], x0[kidney])  # fat-free tissue keeps its intensity
 
 
+def test_ct_patches_shown_as_mr_keep_their_labels_and_are_normalised_as_mr():
+    """The MR sampler's guest: CT patches, fat bright, normalised as an MR scan would be."""
+    off = AugmentationConfig(p_class_wise=0, p_curve=0, p_convolutional=0, p_gamma=0, p_bias=0, p_blur=0,
+                             p_thick_slices=0, p_slab=0, p_spatial=0, p_coarse=0, ct_window_shift_hu=0,
+                             ct_window_scale=(1, 1), p_opposed_phase=0.0, fat_brightness=(1.0, 1.0), p_ct_as_mr=1.0)
+    training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0, augmentation=off)
+    mr_norm, rng, ct = default_norm("MR"), np.random.default_rng(5), fatty_phantom()
+    ct.values[ct.values < -500] = 40.0  # no air: every voxel of a patch is the body MR normalises
+    guest = PatchSampler([ct], CT_NORM, 32, training, rng, shown_as=mr_norm)
+    organless_mr = PreparedCase("mr", "MR", np.full_like(ct.values, 300.0), np.zeros_like(ct.labels))
+    xs, ys = PatchSampler([organless_mr], mr_norm, 32, training, rng, guest=guest).sample(8)
+    assert set(np.unique(ys)) > {0}, "every patch is the guest's: its CT labels come with it"
+    kidney = ys == 3
+    fat = np.stack([binary_dilation(k, iterations=3) & (y == 0) for k, y in zip(kidney, ys, strict=True)])
+    assert kidney.sum() > 100 and fat.sum() > 100, "no kidney in the patches: the test proved nothing"
+    assert xs[fat].mean() > xs[kidney].mean(), "fat bright, as gradient-echo MR shows it"
+    means, stds = xs.mean(axis=(1, 2, 3, 4)), xs.std(axis=(1, 2, 3, 4))
+    assert np.abs(means).max() < 0.1 and np.abs(stds - 1).max() < 0.1, "normalised as an MR scan: its body"
+    with pytest.raises(ValueError, match="only CT patches"):
+        PatchSampler([organless_mr], mr_norm, 32, training, rng, shown_as=mr_norm)
+
+
 def test_curves_keep_air_dark_and_take_every_form():
     rng = np.random.default_rng(0)
     forms = set()
