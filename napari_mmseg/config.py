@@ -106,7 +106,9 @@ class AugmentationConfig:
     fat_brightness: tuple[float, float] = (0.6, 1.0)  # in the unit range
     # of the MR batches' patches: a CT patch with its labels, fat shown as gradient-echo MR
     # shows it and normalised as an MR scan, so that the MR stream meets bright fat (T1),
-    # which T2-SPIR (fat suppressed) never shows it; variants trained on both modalities
+    # which T2-SPIR (fat suppressed) never shows it; variants trained on both modalities.
+    # Off: at 0.25 the trial gained MR +0.006 and lost MR slabs 0.022, the enlarged MR spleen
+    # 0.056 (docs/results.md, "Fourth session")
     p_ct_as_mr: float = 0.0
 
 

@@ -167,6 +167,13 @@ def test_a_modality_that_contradicts_the_intensities_is_warned_about_and_may_sti
     assert widget.modality_warning == "" and not widget["modality_warning"].native.isVisibleTo(widget.native)
 
 
+def test_stray_pieces_are_dropped_unless_the_user_keeps_them(viewer, tiny_weights):
+    widget = widget_with(viewer, tiny_weights)
+    assert widget._make_job().options.drop_stray_pieces, "dropped by default, as the CLI does"
+    widget["keep_stray_pieces"].value = True
+    assert not widget._make_job().options.drop_stray_pieces
+
+
 def test_cancel_stops_the_run_and_adds_no_layer(viewer, tiny_weights, qtbot):
     widget = widget_with(viewer, tiny_weights)
     widget["run"].native.click()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
@@ -123,6 +123,10 @@ class SegmentationWidget(Container):
         self._weights_info = Label(name="weights_info")
         self._device = ComboBox(name="device", label="Device", choices=self._device_choices())
         self._quality = ComboBox(name="quality", label="Quality", choices=QUALITY, value=0.5)
+        self._keep_pieces = CheckBox(
+            name="keep_stray_pieces", text="Keep stray pieces", value=False,
+            tooltip="Keep every piece of an organ. Off: pieces smaller than half an organ's largest piece "
+                    "(mostly false positives far from it) are dropped.")
         self._run = PushButton(name="run", text="Run")
         self._progress = ProgressBar(name="progress", min=0, max=100, value=0, label="Progress")
         self._status = Label(name="status", value=f"Devices found: {', '.join(self._devices)}")
@@ -139,8 +143,8 @@ class SegmentationWidget(Container):
             warning.visible = False
         self.extend([
             self._image, self._modality, self._modality_hint, self._modality_warning, self._variant, self._weights,
-            self._weights_info, self._device, self._quality, self._run, self._progress, self._status, self._organs,
-            self._flags,
+            self._weights_info, self._device, self._quality, self._keep_pieces, self._run, self._progress,
+            self._status, self._organs, self._flags,
         ])
         self._guessed_modality: str | None = None
 
@@ -315,7 +319,8 @@ class SegmentationWidget(Container):
             image=image_from_layer(segmentable(np.asarray(data)), geometry),
             weights=weights,
             modality=modality,
-            options=InferenceOptions(overlap=self._quality.value, device=device),
+            options=InferenceOptions(overlap=self._quality.value, device=device,
+                                     drop_stray_pieces=not self._keep_pieces.value),
             scan_name=layer.name,
             scan_path=state["metadata"].get(SCAN),
             geometry=geometry,
