@@ -3,7 +3,7 @@
     xvfb-run -a -s "-screen 0 1600x1200x24" python docs/img/screenshots.py [NAME ...] [--out DIR]
 
 NAME is any of the pictures below (default: all). Uses the embedded samples and the bundled
-v4 weights on the CPU: a few minutes on two cores. napari loads the plugin that `import
+default weights (`msbn`) on the CPU: a few minutes on two cores. napari loads the plugin that `import
 napari_mmseg` finds: the installed one, or the checkout given first in PYTHONPATH. Each picture's caption in
 docs/user-guide.md says what it shows; the script prints the numbers it saw (flags, Dice).
 """
@@ -70,11 +70,12 @@ def start(sample: str):
     return viewer, reference, z
 
 
-def run(viewer, modality: str, variant: str = "v4"):
-    """Press Run in the segmentation widget and wait for the result layer."""
+def run(viewer, modality: str):
+    """Press Run in the segmentation widget, with the model it offers first (the default),
+    and wait for the result layer."""
     widget, _ = panels(viewer)
     widget["modality"].value = modality
-    widget["model"].value = variant
+    variant = widget["model"].value
     widget["device"].value = "cpu"
     widget["run"].native.click()
     while widget.running:
@@ -96,7 +97,7 @@ def as_opened(out: Path) -> None:
 
 
 def after_a_run(name: str, sample: str, modality: str, then: Callable[..., None] | None = None):
-    """A picture of a v4 run on a sample (reference hidden), after `then(viewer, result,
+    """A picture of a run of the default model on a sample (reference hidden), after `then(viewer, result,
     reference, z)` if given."""
 
     def take(out: Path) -> None:
