@@ -153,16 +153,12 @@ def train_prepared(
             raise ValueError(f"No {m} training cases: variant {run.variant} needs them.")
     norms = {m: fit_normalization(m, prepared[m]) for m in run.modalities}
     context = context_weight(cfg.augmentation)  # how the network will be run: validated so too
-    sampler_device = device if device.type == "cuda" else None
-    guest = None
-    if cfg.augmentation.enabled and cfg.augmentation.p_ct_as_mr > 0 and set(run.modalities) == {"CT", "MR"}:
-        guest = PatchSampler(prepared["CT"], norms["CT"], cfg.patch_size, cfg, rng, sampler_device,
-                             shown_as=norms["MR"])
     samplers = {
-        m: PatchSampler(prepared[m], norms[m], cfg.patch_size, cfg, rng, sampler_device,
-                        guest=guest if m == "MR" else None)
+        m: PatchSampler(prepared[m], norms[m], cfg.patch_size, cfg, rng, device if device.type == "cuda" else None)
         for m in run.modalities
     }
+    if cfg.augmentation.enabled and cfg.augmentation.p_ct_as_mr > 0 and set(run.modalities) == {"CT", "MR"}:
+        samplers["MR"].guest = samplers["CT"].shown_as_mr(norms["MR"])
 
     model = place(MultiModalFCN(run.variant, run.preset.network, run.modalities), device)
     optimizer = torch.optim.Adam(

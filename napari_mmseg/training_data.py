@@ -7,6 +7,7 @@ disk, keyed by the source files and the spacing, because resampling 40 scans tak
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from dataclasses import dataclass
@@ -122,21 +123,18 @@ class PatchSampler:
     augmentation of `augmentation.py`, Gaussian noise and an intensity offset.
 
     Patches are normalised here, per patch, as `norm` would normalise a whole scan of the
-    patch's (augmented) appearance; with `shown_as` (CT cases only), as that norm would
-    normalise the patch shown as gradient-echo MR (`AugmentationConfig.p_ct_as_mr`).
-    `guest`: a sampler some of this one's patches come from (CT shown as MR)."""
+    patch's (augmented) appearance. `guest`: a sampler some of this one's patches come from
+    (CT shown as MR: `shown_as_mr`, `AugmentationConfig.p_ct_as_mr`)."""
 
     def __init__(
         self, cases: list[PreparedCase], norm: IntensityNorm, patch: int, training: TrainingConfig,
-        rng: np.random.Generator, device: torch.device | None = None, shown_as: IntensityNorm | None = None,
-        guest: PatchSampler | None = None,
+        rng: np.random.Generator, device: torch.device | None = None, guest: PatchSampler | None = None,
     ) -> None:
         if norm.kind not in ("window", "foreground"):  # what `fit_normalization` gives
             raise ValueError(f"patches are normalised by a window or by the body, not {norm.kind!r}")
-        if shown_as is not None and norm.kind != "window":
-            raise ValueError("only CT patches (a window) can be shown as MR")
         self.cases, self.norm, self.patch, self.rng = cases, norm, patch, rng
-        self.shown_as, self.guest = shown_as, guest
+        self.guest = guest
+        self.shown_as: IntensityNorm | None = None  # set by `shown_as_mr`
         # where the rotation and scaling are resampled: a GPU does in 1 ms what takes a CPU core 25
         self.device = device if device is not None else torch.device("cpu")
         self.noise_sigma, self.offset_sigma = training.noise_sigma, training.offset_sigma
@@ -149,6 +147,15 @@ class PatchSampler:
         self.coords = [self._class_coords(c.labels) for c in cases]
         self.ranges = [self._unit_range(c.values) for c in cases]
         self.body_samples = [self._body_sample(c.values, r) for c, r in zip(cases, self.ranges, strict=True)]
+
+    def shown_as_mr(self, mr_norm: IntensityNorm) -> PatchSampler:
+        """This CT sampler's patches shown as gradient-echo MR (fat from HU) and normalised
+        as `mr_norm` normalises an MR scan: the same cases and sampling tables, not a copy."""
+        if self.norm.kind != "window":
+            raise ValueError("only CT patches (a window) can be shown as MR")
+        shown = copy.copy(self)
+        shown.shown_as = mr_norm
+        return shown
 
     def _class_coords(self, lab: np.ndarray) -> list[np.ndarray]:
         out = []

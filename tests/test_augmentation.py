@@ -83,7 +83,7 @@ def test_ct_patches_shown_as_mr_keep_their_labels_and_are_normalised_as_mr():
     training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0, augmentation=off)
     mr_norm, rng, ct = default_norm("MR"), np.random.default_rng(5), fatty_phantom()
     ct.values[ct.values < -500] = 40.0  # no air: every voxel of a patch is the body MR normalises
-    guest = PatchSampler([ct], CT_NORM, 32, training, rng, shown_as=mr_norm)
+    guest = PatchSampler([ct], CT_NORM, 32, training, rng).shown_as_mr(mr_norm)
     organless_mr = PreparedCase("mr", "MR", np.full_like(ct.values, 300.0), np.zeros_like(ct.labels))
     xs, ys = PatchSampler([organless_mr], mr_norm, 32, training, rng, guest=guest).sample(8)
     assert set(np.unique(ys)) > {0}, "every patch is the guest's: its CT labels come with it"
@@ -94,7 +94,7 @@ def test_ct_patches_shown_as_mr_keep_their_labels_and_are_normalised_as_mr():
     means, stds = xs.mean(axis=(1, 2, 3, 4)), xs.std(axis=(1, 2, 3, 4))
     assert np.abs(means).max() < 0.1 and np.abs(stds - 1).max() < 0.1, "normalised as an MR scan: its body"
     with pytest.raises(ValueError, match="only CT patches"):
-        PatchSampler([organless_mr], mr_norm, 32, training, rng, shown_as=mr_norm)
+        PatchSampler([organless_mr], mr_norm, 32, training, rng).shown_as_mr(mr_norm)
 
 
 def test_curves_keep_air_dark_and_take_every_form():
