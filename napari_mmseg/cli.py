@@ -222,6 +222,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    from .weights import average_weights, save_weights
+
+    out = check_output(args.out, args.overwrite, make_parents=True)  # refused before the work
+    averaged = average_weights(args.weights)
+    print(f"wrote {save_weights(averaged.model, averaged.meta, out, half=args.half)}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .datasets import load_dataset
     from .training import TrainingRun, split_cases, train
@@ -317,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what a weights file's metadata says")
     p.add_argument("weights")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("average", help="average fine-tunes of one network (a model soup) into one weights file")
+    p.add_argument("weights", nargs="+", help="two or more weights files of the same network")
+    p.add_argument("-o", "--out", required=True, help="the averaged weights file")
+    p.add_argument("--half", action="store_true", help="store float16 tensors (half the size, as shipped)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("train", help="train one variant on unpaired CT and MR")
     p.add_argument("--variant", required=True, choices=VARIANTS)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -193,6 +194,40 @@ def load_weights(
     model.load_state_dict({k: stored[k].to(expected[k].dtype) for k in expected})
     model.eval()
     return LoadedModel(model, meta, p)
+
+
+def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
+    """The mean of several networks fine-tuned from one start (a "model soup", Wortsman et
+    al. 2022): steadier on the columns where single runs swing from round to round. The
+    files must be the same network with the same preprocessing; the first one's metadata
+    is kept, with the files it was averaged from."""
+    if len(paths) < 2:
+        raise WeightsError("Averaging needs at least two weights files.")
+    loaded = [load_weights(p) for p in paths]
+    first = loaded[0].meta
+    for other in loaded[1:]:
+        meta = other.meta
+        same = (meta.variant, meta.modalities, meta.network, meta.spacing_mm, meta.patch_size,
+                meta.normalization, meta.context_weight) == (
+            first.variant, first.modalities, first.network, first.spacing_mm, first.patch_size,
+            first.normalization, first.context_weight)
+        if not same:
+            raise WeightsError(
+                f"{other.path.name} is not the same network as {loaded[0].path.name} (variant, network, spacing, "
+                "patch size, normalisation and context weight must all match): only fine-tunes of one start "
+                "can be averaged."
+            )
+    states = [m.model.state_dict() for m in loaded]
+    mean = {
+        k: torch.stack([s[k].float() for s in states]).mean(0).to(t.dtype) if t.is_floating_point() else t
+        for k, t in states[0].items()
+    }
+    model = build_model(first)
+    model.load_state_dict(mean)
+    model.eval()
+    meta = replace(first, training={**first.training, "averaged_from": [str(p) for p in paths]},
+                   validation_dice={})
+    return LoadedModel(model, meta, loaded[0].path)
 
 
 _PER_MODALITY_STAT = re.compile(r"\.running_(mean|var)_(CT|MR)$")

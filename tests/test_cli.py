@@ -104,6 +104,17 @@ def test_info_prints_the_metadata(capsys, tmp_path):
     assert code == 0 and '"variant": "v3"' in stdout and '"spacing_mm": 4.0' in stdout
 
 
+def test_average_writes_a_half_precision_soup_and_never_replaces_a_file_unasked(capsys, tmp_path):
+    a, b = (make_weights(tmp_path / f"{n}.safetensors", "msbn", seed=i) for i, n in enumerate("ab"))
+    out = tmp_path / "soup.safetensors"
+    code, stdout, err = run(capsys, "average", a, b, "-o", out, "--half")
+    assert code == 0 and str(out) in stdout, err
+    assert out.stat().st_size < a.stat().st_size
+    before = out.read_bytes()
+    code, _, err = run(capsys, "average", a, b, "-o", out)
+    assert code == 1 and "--overwrite" in err and out.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "setup, expected",
     [

@@ -5,7 +5,7 @@ import torch
 from conftest import make_weights
 
 from napari_mmseg.errors import WeightsError
-from napari_mmseg.weights import bundled_weights, load_weights, read_metadata, save_weights
+from napari_mmseg.weights import average_weights, bundled_weights, load_weights, read_metadata, save_weights
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):
@@ -131,3 +131,22 @@ def test_files_of_format_1_have_no_context_pass(tmp_path):
     doc["format_version"] = 1
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata={METADATA_KEY: json.dumps(doc)})
     assert load_weights(tmp_path / "old.safetensors").meta.context_weight == 0.0
+
+
+def test_averaged_weights_are_the_mean_of_the_files_and_only_of_one_network(tmp_path):
+    a = make_weights(tmp_path / "a.safetensors", "msbn", seed=0)
+    b = make_weights(tmp_path / "b.safetensors", "msbn", seed=1)
+    soup = average_weights([a, b])
+    sa, sb = (load_weights(p).model.state_dict() for p in (a, b))
+    for k, v in soup.model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (sa[k] + sb[k]) / 2), k
+        else:
+            assert torch.equal(v, sa[k]), k  # counters are not averaged
+    assert soup.meta.training["averaged_from"] == [str(a), str(b)]
+    assert load_weights(save_weights(soup.model, soup.meta, tmp_path / "soup.safetensors")).meta.variant == "msbn"
+    other = make_weights(tmp_path / "v4.safetensors", "v4")
+    with pytest.raises(WeightsError, match="not the same network"):
+        average_weights([a, other])
+    with pytest.raises(WeightsError, match="at least two"):
+        average_weights([a])
