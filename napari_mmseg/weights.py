@@ -7,6 +7,7 @@ Loading never unpickles anything: safetensors holds only tensors and strings.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -208,12 +209,11 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
     for other in loaded[1:]:
         meta = other.meta
         same = (meta.variant, meta.modalities, meta.network, meta.spacing_mm, meta.patch_size,
-                meta.normalization, meta.context_weight) == (
-            first.variant, first.modalities, first.network, first.spacing_mm, first.patch_size,
-            first.normalization, first.context_weight)
-        if not same:
+                meta.context_weight) == (first.variant, first.modalities, first.network, first.spacing_mm,
+                                         first.patch_size, first.context_weight)
+        if not (same and _same_normalization(meta.normalization, first.normalization)):
             raise WeightsError(
-                f"{other.path.name} is not the same network as {loaded[0].path.name} (variant, network, spacing, "
+                f"{other.path} is not the same network as {loaded[0].path} (variant, network, spacing, "
                 "patch size, normalisation and context weight must all match): only fine-tunes of one start "
                 "can be averaged."
             )
@@ -228,6 +228,18 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
     meta = replace(first, training={**first.training, "averaged_from": [str(p) for p in paths]},
                    validation_dice={})
     return LoadedModel(model, meta, loaded[0].path)
+
+
+def _same_normalization(a: dict[str, IntensityNorm], b: dict[str, IntensityNorm]) -> bool:
+    """Equal up to float noise: each training run measures the CT mean and std afresh."""
+    def close(x: float | None, y: float | None) -> bool:
+        return x == y or (x is not None and y is not None and math.isclose(x, y, rel_tol=1e-4))
+
+    return a.keys() == b.keys() and all(
+        (a[m].kind, a[m].window, a[m].percentiles) == (b[m].kind, b[m].window, b[m].percentiles)
+        and close(a[m].mean, b[m].mean) and close(a[m].std, b[m].std)
+        for m in a
+    )
 
 
 _PER_MODALITY_STAT = re.compile(r"\.running_(mean|var)_(CT|MR)$")

@@ -1,5 +1,7 @@
 """The weights format: round trip, metadata, and a clear sentence for every wrong file."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import make_weights
@@ -145,6 +147,13 @@ def test_averaged_weights_are_the_mean_of_the_files_and_only_of_one_network(tmp_
             assert torch.equal(v, sa[k]), k  # counters are not averaged
     assert soup.meta.training["averaged_from"] == [str(a), str(b)]
     assert load_weights(save_weights(soup.model, soup.meta, tmp_path / "soup.safetensors")).meta.variant == "msbn"
+    # each run measures the CT mean afresh: float noise is the same preprocessing, a new window is not
+    noisy = load_weights(b)
+    noisy.meta.normalization["CT"] = replace(noisy.meta.normalization["CT"], mean=75.0 + 1e-5)
+    average_weights([a, save_weights(noisy.model, noisy.meta, tmp_path / "noisy.safetensors")])
+    noisy.meta.normalization["CT"] = replace(noisy.meta.normalization["CT"], window=(-160.0, 240.0))
+    with pytest.raises(WeightsError, match="not the same network"):
+        average_weights([a, save_weights(noisy.model, noisy.meta, tmp_path / "window.safetensors")])
     other = make_weights(tmp_path / "v4.safetensors", "v4")
     with pytest.raises(WeightsError, match="not the same network"):
         average_weights([a, other])
