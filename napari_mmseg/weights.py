@@ -201,7 +201,7 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
     """The mean of several networks fine-tuned from one start (a "model soup", Wortsman et
     al. 2022): steadier on the columns where single runs swing from round to round. The
     files must be the same network with the same preprocessing; the first one's metadata
-    is kept, with the files it was averaged from."""
+    is kept (its `training` describes the first file's run), with the files averaged."""
     if len(paths) < 2:
         raise WeightsError("Averaging needs at least two weights files.")
     loaded = [load_weights(p) for p in paths]
@@ -225,8 +225,12 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
     model = build_model(first)
     model.load_state_dict(mean)
     model.eval()
-    meta = replace(first, training={**first.training, "averaged_from": [str(p) for p in paths]},
-                   validation_dice={})
+    sources = [  # an average of averages keeps the whole tree
+        {"file": str(p), "averaged_from": m.meta.training["averaged_from"]} if "averaged_from" in m.meta.training
+        else str(p)
+        for p, m in zip(paths, loaded, strict=True)
+    ]
+    meta = replace(first, training={**first.training, "averaged_from": sources}, validation_dice={})
     return LoadedModel(model, meta, loaded[0].path)
 
 

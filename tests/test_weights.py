@@ -146,7 +146,10 @@ def test_averaged_weights_are_the_mean_of_the_files_and_only_of_one_network(tmp_
         else:
             assert torch.equal(v, sa[k]), k  # counters are not averaged
     assert soup.meta.training["averaged_from"] == [str(a), str(b)]
-    assert load_weights(save_weights(soup.model, soup.meta, tmp_path / "soup.safetensors")).meta.variant == "msbn"
+    saved = save_weights(soup.model, soup.meta, tmp_path / "soup.safetensors")
+    assert load_weights(saved).meta.variant == "msbn"
+    again = average_weights([saved, a])  # an average of an average records both levels
+    assert again.meta.training["averaged_from"] == [{"file": str(saved), "averaged_from": [str(a), str(b)]}, str(a)]
     # each run measures the CT mean afresh: float noise is the same preprocessing, a new window is not
     noisy = load_weights(b)
     noisy.meta.normalization["CT"] = replace(noisy.meta.normalization["CT"], mean=75.0 + 1e-5)
