@@ -206,12 +206,13 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
         raise WeightsError("Averaging needs at least two weights files.")
     loaded = [load_weights(p) for p in paths]
     first = loaded[0].meta
+
+    def network(m: ModelMetadata) -> tuple:
+        return m.variant, m.modalities, m.network, m.spacing_mm, m.patch_size, m.context_weight
+
     for other in loaded[1:]:
-        meta = other.meta
-        same = (meta.variant, meta.modalities, meta.network, meta.spacing_mm, meta.patch_size,
-                meta.context_weight) == (first.variant, first.modalities, first.network, first.spacing_mm,
-                                         first.patch_size, first.context_weight)
-        if not (same and _same_normalization(meta.normalization, first.normalization)):
+        if not (network(other.meta) == network(first)
+                and _same_normalization(other.meta.normalization, first.normalization)):
             raise WeightsError(
                 f"{other.path} is not the same network as {loaded[0].path} (variant, network, spacing, "
                 "patch size, normalisation and context weight must all match): only fine-tunes of one start "
@@ -222,9 +223,8 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
         k: torch.stack([s[k].float() for s in states]).mean(0).to(t.dtype) if t.is_floating_point() else t
         for k, t in states[0].items()
     }
-    model = build_model(first)
+    model = loaded[0].model  # already this network, in eval mode: it takes the mean
     model.load_state_dict(mean)
-    model.eval()
     sources = [  # an average of averages keeps the whole tree
         {"file": str(p), "averaged_from": m.meta.training["averaged_from"]} if "averaged_from" in m.meta.training
         else str(p)
