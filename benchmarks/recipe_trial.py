@@ -24,7 +24,7 @@ import json
 import multiprocessing
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from napari_mmseg.config import PRESETS, AugmentationConfig
@@ -46,17 +46,14 @@ class Arm:
         """"name" or "name:field=value,field=value" (fields of AugmentationConfig, or
         patch_size)."""
         name, _, spec = text.partition(":")
-        kinds = {f.name: f.type for f in fields(AugmentationConfig)}
-        changes, patch = {}, None
-        for item in filter(None, spec.split(",")):
-            key, _, value = item.partition("=")
-            if key == "patch_size":
-                patch = int(value)
-            elif key not in kinds:
-                raise SystemExit(f"--arm {text}: {key!r} is not patch_size or a field of AugmentationConfig")
-            else:
-                changes[key] = value.lower() == "true" if kinds[key] in (bool, "bool") else float(value)
-        return cls(name, replace(PRESETS["light"].training.augmentation, **changes), patch)
+        items = spec.split(",")
+        patch = next((int(i.partition("=")[2]) for i in items if i.startswith("patch_size=")), None)
+        try:
+            augmentation = PRESETS["light"].training.augmentation.changed(
+                ",".join(i for i in items if not i.startswith("patch_size=")))
+        except ValueError as err:
+            raise SystemExit(f"--arm {text}: {err}, or patch_size") from None
+        return cls(name, augmentation, patch)
 
 
 def _run_arm(job: tuple) -> tuple[str, list[dict], float]:

@@ -236,16 +236,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainingRun, split_cases, train
     from .weights import read_metadata
 
-    cases = []
-    if args.ct:
-        cases += load_dataset(args.ct, "CT")
-    if args.mr:
-        cases += load_dataset(args.mr, "MR")
     preset = PRESETS[args.preset]
     if args.batch_size is not None:
         preset = replace(preset, training=replace(preset.training, batch_size=args.batch_size))
     if args.lr is not None:
         preset = replace(preset, training=replace(preset.training, lr_single=args.lr, lr_dual=args.lr))
+    if args.augment:
+        try:
+            augmentation = preset.training.augmentation.changed(args.augment)
+        except ValueError as err:
+            raise SystemExit(f"mmseg train --augment {args.augment}: {err}") from None
+        preset = replace(preset, training=replace(preset.training, augmentation=augmentation))
+    cases = []
+    if args.ct:
+        cases += load_dataset(args.ct, "CT")
+    if args.mr:
+        cases += load_dataset(args.mr, "MR")
     seed = args.seed if args.seed is not None else preset.training.seed
     train_cases, val_cases = split_cases(cases, args.val_cases, seed)
     present = tuple(m for m in ("CT", "MR") if any(c.modality == m for c in cases))
@@ -348,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune: start from these weights of the same variant and preset (for individual: the "
                    "CT and the MR file)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's; lower to fine-tune)")
+    p.add_argument("--augment", metavar="FIELD=VALUE,...",
+                   help="change the preset's augmentation, e.g. p_coarse=0 (no coarse patches, so no context "
+                   "pass); the fields of AugmentationConfig")
     p.add_argument("--seed", type=int)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)

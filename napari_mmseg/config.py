@@ -3,7 +3,7 @@ presets that pair them (`paper` for a GPU, `light` for a 2-core CPU)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 VARIANTS = ("individual", "joint", "v1", "v2", "v3", "v4", "msbn")
 # The bundled weights to use when nobody says: one network for CT and MR, the best on CT and
@@ -110,6 +110,20 @@ class AugmentationConfig:
     # Off: at 0.25 the trial gained MR +0.006 and lost MR slabs 0.022, the enlarged MR spleen
     # 0.056 (docs/results.md, "Fourth session")
     p_ct_as_mr: float = 0.0
+
+    def changed(self, spec: str) -> AugmentationConfig:
+        """This recipe with "field=value,field=value" changed: how the command line and the
+        recipe trial name a variation of it. Raises ValueError naming an unknown field."""
+        kinds = {f.name: f.type for f in fields(self)}
+        changes: dict[str, float | bool] = {}
+        for item in filter(None, spec.split(",")):
+            key, _, value = (part.strip() for part in item.partition("="))
+            if key not in kinds or kinds[key] not in (bool, "bool", float, "float"):
+                raise ValueError(f"{key!r} is not a probability, number or switch of the augmentation "
+                                 f"(one of {', '.join(k for k, t in kinds.items() if t in ('bool', 'float'))})")
+            changes[key] = value.lower() in ("true", "1", "on") if kinds[key] in (bool, "bool") \
+                else float(value)
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

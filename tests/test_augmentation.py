@@ -207,3 +207,15 @@ def test_coarse_patches_show_the_scan_at_twice_the_spacing():
                 assert np.nonzero(lab == 3)[2].mean() < np.nonzero(lab == 4)[2].mean()
     assert counts[1.0] == 12 * 10 * 9  # the whole 24×20×18 liver, in blocks of 2³
     assert counts[0.0] > 4 * counts[1.0]
+
+
+def test_a_recipe_is_changed_by_name_and_an_unknown_field_is_refused():
+    """`mmseg train --augment` and the recipe trial name a variation of the recipe this way."""
+    base = AugmentationConfig()
+    changed = base.changed("p_coarse=0,enabled=false, p_gamma=0.25")
+    assert (changed.p_coarse, changed.enabled, changed.p_gamma) == (0.0, False, 0.25)
+    assert changed.p_curve == base.p_curve and base.changed("") == base
+    with pytest.raises(ValueError, match="'p_coars' is not"):
+        base.changed("p_coars=0")
+    with pytest.raises(ValueError, match="'gamma' is not"):  # a range, not one number
+        base.changed("gamma=2")
