@@ -114,15 +114,15 @@ class AugmentationConfig:
     def changed(self, spec: str) -> AugmentationConfig:
         """This recipe with "field=value,field=value" changed: how the command line and the
         recipe trial name a variation of it. Raises ValueError naming an unknown field."""
-        kinds = {f.name: f.type for f in fields(self)}
+        # annotations are strings here (`from __future__ import annotations`); ranges are not settable
+        settable = {f.name: f.type for f in fields(self) if f.type in ("bool", "float")}
         changes: dict[str, float | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = (part.strip() for part in item.partition("="))
-            if key not in kinds or kinds[key] not in (bool, "bool", float, "float"):
+            if key not in settable:
                 raise ValueError(f"{key!r} is not a probability, number or switch of the augmentation "
-                                 f"(one of {', '.join(k for k, t in kinds.items() if t in ('bool', 'float'))})")
-            changes[key] = value.lower() in ("true", "1", "on") if kinds[key] in (bool, "bool") \
-                else float(value)
+                                 f"(one of {', '.join(settable)})")
+            changes[key] = value.lower() in ("true", "1", "on") if settable[key] == "bool" else float(value)
         return replace(self, **changes)
 
 
