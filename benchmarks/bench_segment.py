@@ -431,7 +431,8 @@ def run_segment(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     workload = resolve_workload(args.one, args.data, args.scratch)
     loaded = load_weights(args.weights)
-    options = InferenceOptions(overlap=args.overlap, device=str(device), windows_per_batch=args.windows_per_batch)
+    options = InferenceOptions(overlap=args.overlap, device=str(device), windows_per_batch=args.windows_per_batch,
+                               check_orientation=args.check_orientation)
     warm_up(loaded, workload.modality, device, options)
     windows = WindowCounter(loaded.model)
     segment = SEGMENTERS[args.method]
@@ -567,6 +568,8 @@ def run_child(args: argparse.Namespace, weights: Path, one: str, method: str | N
             cmd += ["--scratch", str(scratch)]
         if args.quick:
             cmd.append("--quick")
+        if args.check_orientation:
+            cmd.append("--check-orientation")
         rc = subprocess.run(cmd).returncode
         if rc != 0 or not result_file.is_file():
             return {"failed": f"child exited with status {rc}"}
@@ -666,6 +669,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DATA, help=f"the shared data folder (default {DATA})")
     p.add_argument("--overlap", type=float, default=defaults.overlap)
     p.add_argument("--windows-per-batch", type=int, default=defaults.windows_per_batch)
+    p.add_argument("--check-orientation", action="store_true",
+                   help="run our method as `mmseg segment` does by default, with the second pass on the mirror "
+                   "image (off here so that every method does the same work)")
     p.add_argument("--threads", type=int, help="use only the first N cores (default: every core this process may use)")
     p.add_argument("--synthetic-size", default=",".join(map(str, SYNTHETIC_SIZE)),
                    help="x,y,z voxels of the synthetic and full-size scans (default: full clinical size)")
@@ -701,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     machine = machine_info(device)
     print_machine(machine, weights, meta, args)
-    options = InferenceOptions(overlap=args.overlap, windows_per_batch=args.windows_per_batch)
+    options = InferenceOptions(overlap=args.overlap, windows_per_batch=args.windows_per_batch,
+                               check_orientation=args.check_orientation)
     repeats = 3 if args.quick else 5
     peak = {**conv3d_peak(device, options, repeats), "repeats": repeats}
     flop_window = flops_per_window(meta, meta.modalities[0])

@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,6 +26,7 @@ from .errors import Cancelled
 from .networks import MultiModalFCN
 from .organ_pieces import without_stray_pieces
 from .organs import check_modality
+from .orientation_check import MirrorCheck, liver_evidence_ml
 from .preprocessing import IntensityNorm, body_mask, guess_modality, probabilities_to_native, to_canonical
 from .review import ScanReview, review_image
 from .weights import LoadedModel
@@ -43,6 +44,9 @@ class InferenceOptions:
     mixed_precision: bool = True  # float16 on CUDA; CPU inference stays float32
     uncertainty: bool = True  # per-voxel confidence and uncertainty maps (and per-organ confidence)
     drop_stray_pieces: bool = True  # pieces of an organ far smaller than its largest: background
+    # run the network on the left–right mirror image too, to flag a scan whose orientation
+    # metadata swaps left and right (`orientation_check.py`); costs a second sliding-window pass
+    check_orientation: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -232,10 +236,23 @@ def segment_image(
     )
     timings["normalise"] = time.perf_counter() - t  # the crop (`predict_scan` adds the normalisation)
 
+    share = 0.6 if options.check_orientation else 0.9  # of the progress bar: the windows' pass
     probs_crop, context_blended = predict_scan(
         loaded.model, raw[box], norm, modality, meta.patch_size, device, meta.context_weight, options,
-        progress=lambda f, s: report(round(0.05 + 0.9 * f, 6), s), cancel=cancel, timings=timings,
+        progress=lambda f, s: report(round(0.05 + share * f, 6), s), cancel=cancel, timings=timings,
     )
+    mirror = None
+    if options.check_orientation:
+        t = time.perf_counter()
+        mirrored = predict_probabilities(
+            loaded.model, norm.apply(np.ascontiguousarray(raw[box][:, :, ::-1])), modality, meta.patch_size,
+            device, options, lambda f, s: report(round(0.05 + share + (0.9 - share) * f, 6), f"mirror check: {s}"),
+            cancel, timings,
+        )
+        voxel_ml = meta.spacing_mm**3 / 1000.0
+        mirror = MirrorCheck(liver_evidence_ml(probs_crop, voxel_ml), liver_evidence_ml(mirrored, voxel_ml))
+        del mirrored
+        timings["mirror_check"] = time.perf_counter() - t  # its network time is also in "network"
     t = time.perf_counter()
     report(0.95, "resampling back to the scan's grid")
     labelled = without_stray_pieces(probs_crop) if options.drop_stray_pieces else probs_crop
@@ -251,6 +268,8 @@ def segment_image(
     t = time.perf_counter()
     report(0.99, "checking the organs")
     review = review_image(native, confidence)
+    if mirror is not None and mirror.flag:
+        review = replace(review, scan_flags=(mirror.flag,))
     timings["review"] = time.perf_counter() - t
     report(1.0, "done")
     return Segmentation(native, str(device), meta.variant, modality, review, confidence, uncertainty, timings,

@@ -70,11 +70,15 @@ class OrganReview:
 @dataclass(frozen=True)
 class ScanReview:
     organs: tuple[OrganReview, ...]
+    # about the scan as a whole, e.g. left and right swapped (`orientation_check.py`)
+    scan_flags: tuple[str, ...] = ()
 
     @property
     def flags(self) -> tuple[str, ...]:
-        """Every organ's flags, each led by the organ's display name ("Spleen: volume …")."""
-        return tuple(f"{ORGAN_BY_LABEL[o.label].display_name}: {f}" for o in self.organs for f in o.flags)
+        """The scan's flags ("Scan: …"), then every organ's, each led by the organ's display
+        name ("Spleen: volume …")."""
+        return (*(f"Scan: {f}" for f in self.scan_flags),
+                *(f"{ORGAN_BY_LABEL[o.label].display_name}: {f}" for o in self.organs for f in o.flags))
 
     def to_dict(self) -> dict:
         """JSON-ready (confidence None where unknown): what `mmseg segment --report` writes."""

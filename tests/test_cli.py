@@ -15,12 +15,14 @@ def run(capsys, *args):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("scan_fixture, modality", [("ct_scan", "CT"), ("mr_scan", "MR")])
-def test_segment_writes_labels_on_the_scans_grid(request, capsys, tmp_path, tiny_weights, scan_fixture, modality):
+@pytest.mark.parametrize("scan_fixture, modality, extra", [("ct_scan", "CT", ()),
+                                                            ("mr_scan", "MR", ("--no-orientation-check",))])
+def test_segment_writes_labels_on_the_scans_grid(request, capsys, tmp_path, tiny_weights, scan_fixture, modality,
+                                                 extra):
     scan = request.getfixturevalue(scan_fixture)
     out = tmp_path / "labels.nii.gz"
     code, stdout, err = run(capsys, "segment", scan, "-o", out, "--modality", modality,
-                            "--weights", tiny_weights, "--device", "cpu", "-q")
+                            "--weights", tiny_weights, "--device", "cpu", "-q", *extra)
     assert code == 0, err
     labels, image = sitk.ReadImage(str(out)), sitk.ReadImage(str(scan))
     assert labels.GetPixelID() == sitk.sitkUInt8

@@ -66,7 +66,7 @@ def test_run_adds_an_aligned_coloured_layer_with_organ_volumes_and_review(viewer
     assert first_update_s < 0.5
     names = [stage for _, stage in stages]
     assert names[:2] == ["loading the model", "resampling to the model's grid"]
-    assert names[2].startswith("windows 0 of ") and names[-5].startswith("windows ")
+    assert names[2].startswith("windows 0 of ") and names[-5].startswith("mirror check: windows ")
     assert names[-4:] == ["resampling back to the scan's grid", "confidence and uncertainty maps",
                           "checking the organs", "done"]
 

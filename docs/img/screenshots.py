@@ -134,6 +134,32 @@ def paint_missed_kidney(viewer, result, reference, z) -> None:
           f"{rows.size} voxels on slices {z - 1}–{z + 1}")
 
 
+def mirrored(out: Path) -> None:
+    """The CT sample saved with its x direction negated (orientation metadata that swap left
+    and right), opened and run: the network labels by position, the review says so."""
+    import tempfile
+
+    import SimpleITK as sitk
+
+    from napari_mmseg.plugin.sample_data import fetch
+
+    image = sitk.ReadImage(str(fetch("totalsegmentator/example_ct_sm.nii.gz")))
+    direction = np.reshape(image.GetDirection(), (3, 3)).copy()
+    direction[0] *= -1
+    image.SetDirection(direction.ravel().tolist())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "example_ct_mirrored.nii.gz"
+        sitk.WriteImage(image, str(path))
+        viewer, _, z = start("ct")
+        viewer.layers.clear()
+        (layer,) = viewer.open(str(path), plugin="napari-mmseg")
+        viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
+        panels(viewer)[0]["scan"].value = layer
+        run(viewer, "CT")
+        save(viewer, out / "mirrored-review.png")
+        viewer.close()
+
+
 PICTURES: dict[str, Callable[[Path], None]] = {
     "start": as_opened,
     "ct-review": after_a_run("ct-review", "ct", "CT"),
@@ -141,6 +167,7 @@ PICTURES: dict[str, Callable[[Path], None]] = {
     "wrong-modality": after_a_run("wrong-modality", "mr_t2", "CT"),  # warned before, flagged after
     "uncertainty": after_a_run("uncertainty", "ct", "CT", show_uncertainty),
     "annotator-dice": after_a_run("annotator-dice", "ct", "CT", paint_missed_kidney),
+    "mirrored-review": mirrored,
 }
 
 
