@@ -26,7 +26,7 @@ from .errors import Cancelled
 from .networks import MultiModalFCN
 from .organ_pieces import without_stray_pieces
 from .organs import check_modality
-from .orientation_check import MirrorCheck, liver_evidence_ml
+from .orientation_check import LiverFound, MirrorCheck, liver_found
 from .preprocessing import IntensityNorm, body_mask, guess_modality, probabilities_to_native, to_canonical
 from .review import ScanReview, review_image
 from .weights import LoadedModel
@@ -155,6 +155,7 @@ def predict_scan(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     timings: dict[str, float] | None = None,
+    windows_seen: Callable[[np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Class probabilities on the model's grid for a scan's intensities there (a crop of the
     canonical scan, not yet normalised): the sliding-window pass, blended with a pass on the
@@ -164,7 +165,9 @@ def predict_scan(
 
     A scan shorter than one window along z (a slab: a breath-hold series, a small field of
     view) gets no context pass: the windows already see all of its length, and on 60 mm slabs
-    of held-out patients the pass cost Dice (docs/results.md, "Third session")."""
+    of held-out patients the pass cost Dice (docs/results.md, "Third session").
+
+    `windows_seen(probs)` is shown the windows' probabilities before any blending."""
     def normalised(values: np.ndarray) -> np.ndarray:
         t = time.perf_counter()
         out = norm.apply(values)
@@ -172,15 +175,19 @@ def predict_scan(
             timings["normalise"] = timings.get("normalise", 0.0) + time.perf_counter() - t
         return out
 
+    seen = windows_seen or (lambda p: None)
     if not context_weight or raw.shape[0] < patch:
-        return predict_probabilities(model, normalised(raw), modality, patch, device, options, progress,
-                                     cancel, timings), False
+        probs = predict_probabilities(model, normalised(raw), modality, patch, device, options, progress,
+                                      cancel, timings)
+        seen(probs)
+        return probs, False
     coarse = coarsen(raw)
     n_fine, n_coarse = (window_count(v.shape, patch, options.overlap) for v in (raw, coarse))
     share = n_fine / (n_fine + n_coarse)
     report = progress or (lambda f, s: None)
     probs = predict_probabilities(model, normalised(raw), modality, patch, device, options,
                                   lambda f, s: report(share * f, s), cancel, timings)
+    seen(probs)
     context = predict_probabilities(model, normalised(coarse), modality, patch, device, options,
                                     lambda f, s: report(share + (1 - share) * f, f"context {s}"), cancel, timings)
     context = refine(context, probs.shape[1:])
@@ -237,9 +244,12 @@ def segment_image(
     timings["normalise"] = time.perf_counter() - t  # the crop (`predict_scan` adds the normalisation)
 
     share = 0.6 if options.check_orientation else 0.9  # of the progress bar: the windows' pass
+    voxel_ml = meta.spacing_mm**3 / 1000.0
+    given: list[LiverFound] = []
     probs_crop, context_blended = predict_scan(
         loaded.model, raw[box], norm, modality, meta.patch_size, device, meta.context_weight, options,
         progress=lambda f, s: report(round(0.05 + share * f, 6), s), cancel=cancel, timings=timings,
+        windows_seen=(lambda p: given.append(liver_found(p, voxel_ml))) if options.check_orientation else None,
     )
     mirror = None
     if options.check_orientation:
@@ -249,8 +259,7 @@ def segment_image(
             device, options, lambda f, s: report(round(0.05 + share + (0.9 - share) * f, 6), f"mirror check: {s}"),
             cancel, timings,
         )
-        voxel_ml = meta.spacing_mm**3 / 1000.0
-        mirror = MirrorCheck(liver_evidence_ml(probs_crop, voxel_ml), liver_evidence_ml(mirrored, voxel_ml))
+        mirror = MirrorCheck(given[0], liver_found(mirrored, voxel_ml))
         del mirrored
         timings["mirror_check"] = time.perf_counter() - t  # its network time is also in "network"
     t = time.perf_counter()

@@ -5,31 +5,47 @@ import numpy as np
 import pytest
 
 from napari_mmseg.inference import InferenceOptions, segment_image
-from napari_mmseg.orientation_check import LIVER, MIN_LIVER_ML, MirrorCheck, liver_evidence_ml
+from napari_mmseg.orientation_check import (
+    CONFIDENCE_MARGIN,
+    LIVER,
+    MIN_LIVER_ML,
+    LiverFound,
+    MirrorCheck,
+    liver_found,
+)
 from napari_mmseg.review import ScanReview
 from napari_mmseg.scan_io import read_scan
 from napari_mmseg.weights import load_weights
 
 
-def test_liver_evidence_weights_the_labelled_liver_by_its_probability():
+def test_the_liver_found_is_its_volume_and_mean_probability():
     probs = np.zeros((5, 4, 10, 10), np.float32)
     probs[0] = 1.0
     probs[:, :2] = 0.0
-    probs[LIVER, :2] = 0.8  # 200 voxels labelled liver, probability 0.8
+    probs[LIVER, :2] = 0.8  # 200 voxels labelled liver, probability 0.8 …
     probs[2, :2] = 0.2
+    probs[LIVER, 1, 0, :] = 0.6  # … but for 10 at 0.6
+    probs[2, 1, 0, :] = 0.4
     probs[LIVER, 2:, 0, 0] = 0.4  # liver probability where background wins: not counted
-    assert liver_evidence_ml(probs, voxel_ml=0.027) == pytest.approx(200 * 0.8 * 0.027)
+    found = liver_found(probs, voxel_ml=0.027)
+    assert found.ml == pytest.approx(200 * 0.027)
+    assert found.confidence == pytest.approx((190 * 0.8 + 10 * 0.6) / 200)
+    assert liver_found(np.eye(5, dtype=np.float32)[[0]].T[..., None, None], 1.0) == LiverFound(0.0, 0.0)
 
 
-def test_the_mirror_image_finding_more_liver_is_suspect_but_small_livers_say_nothing():
-    assert not MirrorCheck(liver_ml=1500.0, liver_ml_mirrored=600.0).suspected
-    assert MirrorCheck(liver_ml=1500.0, liver_ml_mirrored=600.0).flag is None
-    mirrored = MirrorCheck(liver_ml=600.0, liver_ml_mirrored=1500.0)
-    assert mirrored.suspected
-    assert mirrored.flag.startswith("left and right look swapped") and "(1500 ml against 600 ml)" in mirrored.flag
-    # a slab at the kidneys' lower poles: a sliver of liver either way is no evidence
-    assert not MirrorCheck(liver_ml=20.0, liver_ml_mirrored=MIN_LIVER_ML - 1).suspected
-    assert MirrorCheck(liver_ml=20.0, liver_ml_mirrored=MIN_LIVER_ML + 1).suspected
+def test_a_surer_liver_in_the_mirror_image_is_suspect_but_not_a_sliver_or_a_near_tie():
+    sure, unsure = LiverFound(1500.0, 0.95), LiverFound(900.0, 0.85)
+    assert not MirrorCheck(given=sure, mirrored=unsure).suspected
+    assert MirrorCheck(given=sure, mirrored=unsure).flag is None
+    swapped = MirrorCheck(given=unsure, mirrored=sure)
+    assert swapped.suspected
+    assert swapped.flag.startswith("left and right look swapped") and "(confidence 0.95 against 0.85)" in swapped.flag
+    # a larger liver in the mirror image is not enough (a big spleen mirrored into the liver's place) …
+    assert not MirrorCheck(given=LiverFound(800.0, 0.93), mirrored=LiverFound(1900.0, 0.92)).suspected
+    # … nor a surer one within the margin, nor one too small to judge by (a slab at the kidneys)
+    assert not MirrorCheck(given=unsure, mirrored=LiverFound(900.0, 0.85 + CONFIDENCE_MARGIN / 2)).suspected
+    slivers = LiverFound(MIN_LIVER_ML - 1, 0.7), LiverFound(MIN_LIVER_ML - 1, 0.95)
+    assert not MirrorCheck(*slivers).suspected
 
 
 def test_scan_flags_come_first_and_travel_in_the_report():
