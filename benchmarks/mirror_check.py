@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modality", choices=("CT", "MR"), help="only this modality's cases")
     ap.add_argument("--json", type=Path, help="write every measurement here")
     args = ap.parse_args(argv)
-    if args.bundle is None and args.ct is None and args.mr is None:
-        ap.error("give --bundle, or --ct and/or --mr (and --totalseg)")
+    if args.bundle is None and (args.ct is None or args.mr is None):
+        ap.error("give --bundle, or both --ct and --mr (and --totalseg for TotalSegmentator's examples)")
     torch.set_num_threads(1)
     study = StudyConfig(out_dir=Path("."), bundle=args.bundle, ct=args.ct, mr=args.mr, totalseg=args.totalseg)
     cases, totalseg = load_cases(study)
