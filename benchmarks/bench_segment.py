@@ -432,7 +432,7 @@ def run_segment(args: argparse.Namespace) -> dict:
     workload = resolve_workload(args.one, args.data, args.scratch)
     loaded = load_weights(args.weights)
     options = InferenceOptions(overlap=args.overlap, device=str(device), windows_per_batch=args.windows_per_batch,
-                               check_orientation=args.check_orientation)
+                               check_orientation=args.check_orientation, try_inverted_mr=args.read_inverted_mr)
     warm_up(loaded, workload.modality, device, options)
     windows = WindowCounter(loaded.model)
     segment = SEGMENTERS[args.method]
@@ -570,6 +570,8 @@ def run_child(args: argparse.Namespace, weights: Path, one: str, method: str | N
             cmd.append("--quick")
         if args.check_orientation:
             cmd.append("--check-orientation")
+        if args.read_inverted_mr:
+            cmd.append("--read-inverted-mr")
         rc = subprocess.run(cmd).returncode
         if rc != 0 or not result_file.is_file():
             return {"failed": f"child exited with status {rc}"}
@@ -672,6 +674,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--check-orientation", action="store_true",
                    help="run our method as `mmseg segment` does by default, with the second pass on the mirror "
                    "image (off here so that every method does the same work)")
+    p.add_argument("--read-inverted-mr", action="store_true",
+                   help="read MR as `mmseg segment` does by default, as given and with its grey levels inverted "
+                   "(off here so that every method does the same work)")
     p.add_argument("--threads", type=int, help="use only the first N cores (default: every core this process may use)")
     p.add_argument("--synthetic-size", default=",".join(map(str, SYNTHETIC_SIZE)),
                    help="x,y,z voxels of the synthetic and full-size scans (default: full clinical size)")
@@ -708,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(device)
     print_machine(machine, weights, meta, args)
     options = InferenceOptions(overlap=args.overlap, windows_per_batch=args.windows_per_batch,
-                               check_orientation=args.check_orientation)
+                               check_orientation=args.check_orientation, try_inverted_mr=args.read_inverted_mr)
     repeats = 3 if args.quick else 5
     peak = {**conv3d_peak(device, options, repeats), "repeats": repeats}
     flop_window = flops_per_window(meta, meta.modalities[0])

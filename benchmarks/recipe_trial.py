@@ -88,7 +88,7 @@ def _run_arm(job: tuple) -> tuple[str, list[dict], float]:
         prepared = {m: [c for c in train if c.modality == m] for m in run.modalities}
         weights, name = train_prepared(run, prepared, {}, log), arm.name
     loaded = start if arm is None else load_weights(weights)
-    rows = evaluate(loaded, test, totalseg, "cpu", kinds=kinds)
+    rows = evaluate(loaded, test, totalseg, "cpu", kinds=kinds, try_inverted_mr=not args.as_given)
     for r in rows:
         r.update(variant=name, protocol="trial", repetition=args.repetition, fold=args.fold)
     return name, rows, time.perf_counter() - t0
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (poly decay to 0)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--as-given", action="store_true",
+                    help="read MR only as given, not also inverted (as the scores before 2026-11-30's eighth session)")
     ap.add_argument("--out", default="runs/trial")
     args = ap.parse_args(argv)
     arms = [Arm.parse(a) for a in args.arm]

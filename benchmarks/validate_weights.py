@@ -34,8 +34,10 @@ def totalseg_cases(data: Path) -> list[LabelledCase]:
 
 
 def score(loaded: LoadedModel, image: sitk.Image, ref: sitk.Image, modality: str, device: str = "cpu") -> list[float]:
-    """Dice per organ (ORGANS order) of the model's labels against `ref`, on the scan's grid."""
-    pred = segment_image(image, loaded, modality, InferenceOptions(device=device, uncertainty=False)).labels
+    """Dice per organ (ORGANS order) of the model's labels against `ref`, on the scan's grid
+    (without the mirror check: it informs the review, never the labels)."""
+    options = InferenceOptions(device=device, uncertainty=False, check_orientation=False)
+    pred = segment_image(image, loaded, modality, options).labels
     scores = dice_scores(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), image.GetSpacing())
     return [s.dice for s in scores]
 

@@ -100,7 +100,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     # the confidence maps cost time and memory: only when a report asks for the organs' confidence
     options = InferenceOptions(overlap=args.overlap, device=args.device, uncertainty=report is not None,
                                drop_stray_pieces=not args.keep_stray_pieces,
-                               check_orientation=not args.no_orientation_check)
+                               check_orientation=not args.no_orientation_check, try_inverted_mr=not args.as_given)
     for scan, out in zip(scans, outs, strict=True):
         t0 = time.perf_counter()
         image = read_scan(scan)
@@ -121,13 +121,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         write_labels(result.labels, out, image, source=scan, overwrite=args.overwrite)
         if report is not None:
             reports[str(scan)] = {"labels": str(out), "variant": loaded.meta.variant, "modality": modality,
-                                  "context_blended": result.context_blended, **result.review.to_dict()}
+                                  "context_blended": result.context_blended,
+                                  "read_inverted": result.read_inverted, **result.review.to_dict()}
             write_report(report, reports, overwrite=args.overwrite or len(reports) > 1)
         if not args.quiet:
             print(f"{scan} -> {out} ({loaded.meta.variant}, {modality}, {result.device}, "
                   f"{time.perf_counter() - t0:.1f} s)")
-            if result.context_blended:
-                print(f"  note: {result.context_note}")
+            for note in result.notes:
+                print(f"  note: {note}")
             for flag in result.review.flags:
                 print(f"  check: {flag}")
     return 0
@@ -318,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-orientation-check", action="store_true",
                    help="skip the second pass on the scan's left-right mirror image that flags a file whose "
                    "orientation swaps left and right (faster: about half the network time)")
+    p.add_argument("--as-given", action="store_true",
+                   help="MR: read the scan only as given, not also with its grey levels inverted (the "
+                   "reading kept when the network is surer of it: T1-like sequences); one pass fewer")
     p.add_argument("--report", help="also write each scan's organ volumes, confidence and review flags to this "
                    "JSON file, keyed by scan path")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

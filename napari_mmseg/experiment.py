@@ -24,7 +24,7 @@ from .config import PRESETS, PROTOCOLS, Preset
 from .contrast_shifts import shifts_for
 from .datasets import load_dataset, totalsegmentator_examples
 from .device import one_thread_per_worker, resolve_device
-from .inference import labels_on_model_grid, predict_scan
+from .inference import InferenceOptions, labels_on_model_grid, read_either_way
 from .metrics import dice_scores
 from .networks.dual_stream import DUAL_STREAM, use_blended_statistics
 from .organ_enlargement import enlarge_organ
@@ -165,26 +165,30 @@ def thin_slab(values: np.ndarray, labels: np.ndarray, organs: tuple[str, ...],
 
 
 def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[PreparedCase], device: str,
-             shifted_cache: dict | None = None, kinds: tuple[str, ...] = EVALUATION_KINDS) -> list[dict]:
+             shifted_cache: dict | None = None, kinds: tuple[str, ...] = EVALUATION_KINDS,
+             try_inverted_mr: bool = True) -> list[dict]:
     """Dice per organ on the model's grid: each test case as it is, under every contrast
     shift of its modality, with its spleen enlarged and cut to thin slabs, and the
-    TotalSegmentator examples. Dual-stream networks are also
-    scored, as they are, with blended BN statistics (what a plain shared BN would use)."""
+    TotalSegmentator examples. MR is read both ways round, as `segment_image` reads it, unless
+    `try_inverted_mr` is off. Dual-stream networks are also scored, as they are, with
+    blended BN statistics (what a plain shared BN would use)."""
     meta, model = loaded.meta, loaded.model
     dev = resolve_device(device)
     spacing = (meta.spacing_mm,) * 3
     cache = {} if shifted_cache is None else shifted_cache
+    options = InferenceOptions(try_inverted_mr=try_inverted_mr, check_orientation=False)
     rows: list[dict] = []
 
     def score(case: PreparedCase, values: np.ndarray, kind: str, condition: str, bn: str,
               labels: np.ndarray | None = None) -> None:
-        probs, _ = predict_scan(model, values, meta.normalization[case.modality], case.modality, meta.patch_size,
-                             dev, meta.context_weight)
-        pred = labels_on_model_grid(probs)
+        reading = read_either_way(model, values, meta.normalization[case.modality], case.modality, meta.patch_size,
+                                  dev, meta.context_weight, options, voxel_ml=meta.spacing_mm**3 / 1000)
+        pred = labels_on_model_grid(reading.probs)
         for s in dice_scores(pred, case.labels if labels is None else labels, spacing):
             rows.append({"case": case.name, "modality": case.modality, "kind": kind, "condition": condition,
                          "organ": s.organ, "dice": s.dice, "predicted_ml": s.predicted_ml,
-                         "reference_ml": s.reference_ml, "bn_statistics": bn})
+                         "reference_ml": s.reference_ml, "bn_statistics": bn,
+                         "read_inverted": reading.polarity is not None and reading.polarity.read_inverted})
 
     bn = "per-modality" if meta.variant in DUAL_STREAM else "shared"
     for case in (c for c in test if c.modality in meta.modalities):

@@ -21,8 +21,10 @@ import torch
 
 from .confidence import probability_maps
 from .context_grid import coarsen, needs_context, refine
+from .contrast_shifts import invert
 from .device import mixed_precision, place, resolve_device, tune_cpu
 from .errors import Cancelled
+from .mr_polarity import PolarityChoice, organ_confidence
 from .networks import MultiModalFCN
 from .organ_pieces import without_stray_pieces
 from .organs import check_modality
@@ -47,6 +49,9 @@ class InferenceOptions:
     # run the network on the left–right mirror image too, to flag a scan whose orientation
     # metadata swaps left and right (`orientation_check.py`); costs a second sliding-window pass
     check_orientation: bool = True
+    # MR only: read the scan with its grey levels inverted too, and keep the reading the network
+    # is surer of (`mr_polarity.py`: T1-like sequences); costs one more pass on MR
+    try_inverted_mr: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -66,12 +71,19 @@ class Segmentation:
     timings: dict[str, float] = field(default_factory=dict)
     # the context pass found an organ much larger than the windows did, and was blended in
     context_blended: bool = False
+    polarity: PolarityChoice | None = None  # MR: the scan read as given and inverted
 
     @property
-    def context_note(self) -> str:
-        """For the user, when the context pass changed the labels ('' otherwise)."""
-        return ("an organ looked larger than the sliding windows could see whole: the whole-abdomen "
-                "context pass was blended in" if self.context_blended else "")
+    def read_inverted(self) -> bool:
+        return self.polarity is not None and self.polarity.read_inverted
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """For the user: how the labels were made, where that was not the plain way."""
+        context = ("an organ looked larger than the sliding windows could see whole: the whole-abdomen "
+                   "context pass was blended in")
+        return tuple(n for n in (context if self.context_blended else "",
+                                 self.polarity.note if self.polarity else "") if n)
 
 
 def body_box(values: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -198,6 +210,56 @@ def predict_scan(
     return probs, True
 
 
+@dataclass
+class Reading:
+    """Class probabilities on the model's grid, and how they were read."""
+    probs: np.ndarray
+    context_blended: bool
+    values: np.ndarray  # the intensities the network read: the scan's, or (MR) inverted
+    polarity: PolarityChoice | None  # MR read both ways; None when read only as given
+    # in the windows' pass, before any context blending (for the mirror check, when it is on)
+    liver: LiverFound | None
+
+
+def read_either_way(
+    model: MultiModalFCN,
+    raw: np.ndarray,
+    norm: IntensityNorm,
+    modality: str,
+    patch: int,
+    device: torch.device,
+    context_weight: float = 0.0,
+    options: InferenceOptions = InferenceOptions(),
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    timings: dict[str, float] | None = None,
+    voxel_ml: float = 0.027,
+) -> Reading:
+    """`predict_scan` on the scan as given and, for MR (`options.try_inverted_mr`), with its
+    grey levels inverted; the reading the network is surer of (`mr_polarity.py`)."""
+    passes = [("", raw)]
+    if options.try_inverted_mr and modality == "MR":
+        passes.append(("inverted MR: ", invert(raw)))
+    report = progress or (lambda f, s: None)
+    readings = []
+    for i, (stage, values) in enumerate(passes):
+        livers: list[LiverFound] = []
+        t = time.perf_counter()
+        probs, blended = predict_scan(
+            model, values, norm, modality, patch, device, context_weight, options,
+            progress=lambda f, s, i=i, stage=stage: report((i + f) / len(passes), stage + s), cancel=cancel,
+            timings=timings, windows_seen=(lambda p, livers=livers: livers.append(liver_found(p, voxel_ml)))
+            if options.check_orientation else None,
+        )
+        readings.append(Reading(probs, blended, values, None, livers[0] if livers else None))
+        if i and timings is not None:
+            timings["mr_polarity"] = time.perf_counter() - t  # its network time is also in "network"
+    if len(readings) == 1:
+        return readings[0]
+    polarity = PolarityChoice(*(organ_confidence(r.probs) for r in readings))
+    return replace(readings[1] if polarity.read_inverted else readings[0], polarity=polarity)
+
+
 def labels_on_model_grid(probs: np.ndarray) -> np.ndarray:
     """The organ ids that `segment_image` gives, on the model's grid (for validation and studies)."""
     return without_stray_pieces(probs).argmax(axis=0).astype(np.uint8)
@@ -243,23 +305,24 @@ def segment_image(
     )
     timings["normalise"] = time.perf_counter() - t  # the crop (`predict_scan` adds the normalisation)
 
-    share = 0.6 if options.check_orientation else 0.9  # of the progress bar: the windows' pass
     voxel_ml = meta.spacing_mm**3 / 1000.0
-    given: list[LiverFound] = []
-    probs_crop, context_blended = predict_scan(
+    n_passes = 1 + (options.try_inverted_mr and modality == "MR") + options.check_orientation
+    share = 0.9 * (n_passes - options.check_orientation) / n_passes  # of the progress bar: the readings
+    reading = read_either_way(
         loaded.model, raw[box], norm, modality, meta.patch_size, device, meta.context_weight, options,
         progress=lambda f, s: report(round(0.05 + share * f, 6), s), cancel=cancel, timings=timings,
-        windows_seen=(lambda p: given.append(liver_found(p, voxel_ml))) if options.check_orientation else None,
+        voxel_ml=voxel_ml,
     )
+    probs_crop, context_blended = reading.probs, reading.context_blended
     mirror = None
     if options.check_orientation:
         t = time.perf_counter()
         mirrored = predict_probabilities(
-            loaded.model, norm.apply(np.ascontiguousarray(raw[box][:, :, ::-1])), modality, meta.patch_size,
-            device, options, lambda f, s: report(round(0.05 + share + (0.9 - share) * f, 6), f"mirror check: {s}"),
-            cancel, timings,
+            loaded.model, norm.apply(np.ascontiguousarray(reading.values[:, :, ::-1])), modality,
+            meta.patch_size, device, options,
+            lambda f, s: report(round(0.05 + share + (0.9 - share) * f, 6), f"mirror check: {s}"), cancel, timings,
         )
-        mirror = MirrorCheck(given[0], liver_found(mirrored, voxel_ml))
+        mirror = MirrorCheck(reading.liver, liver_found(mirrored, voxel_ml))
         del mirrored
         timings["mirror_check"] = time.perf_counter() - t  # its network time is also in "network"
     t = time.perf_counter()
@@ -282,4 +345,4 @@ def segment_image(
     timings["review"] = time.perf_counter() - t
     report(1.0, "done")
     return Segmentation(native, str(device), meta.variant, modality, review, confidence, uncertainty, timings,
-                        context_blended)
+                        context_blended, reading.polarity)

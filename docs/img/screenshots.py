@@ -51,7 +51,8 @@ def panels(viewer) -> tuple[SegmentationWidget, DicePanel]:
             next(w for w in docked if isinstance(w, DicePanel)))
 
 
-SAMPLES = {"ct": ("example_ct", "TotalSegmentator"), "mr_t2": ("chaos_t2_patient_2", "CHAOS")}
+SAMPLES = {"ct": ("example_ct", "TotalSegmentator"), "mr_t2": ("chaos_t2_patient_2", "CHAOS"),
+           "mr_other": ("example_mr", "TotalSegmentator")}
 
 
 def start(sample: str):
@@ -168,6 +169,7 @@ PICTURES: dict[str, Callable[[Path], None]] = {
     "uncertainty": after_a_run("uncertainty", "ct", "CT", show_uncertainty),
     "annotator-dice": after_a_run("annotator-dice", "ct", "CT", paint_missed_kidney),
     "mirrored-review": mirrored,
+    "t1-review": after_a_run("t1-review", "mr_other", "MR"),  # read with its grey levels inverted
 }
 
 

@@ -373,7 +373,7 @@ class SegmentationWidget(Container):
         network = result.timings.get("network", 0.0)
         self._status.value = (
             f"Done: {layer.name!r} on {result.device} in {seconds:.1f} s (network {network:.1f} s)."
-            + (f" Note: {result.context_note}." if result.context_blended else "")
+            + "".join(f" Note: {note}." for note in result.notes)
         )
 
     def _show_review(self, layer: Labels, review: ScanReview) -> None:
