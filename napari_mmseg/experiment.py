@@ -181,8 +181,7 @@ def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[Prepa
 
     def score(case: PreparedCase, values: np.ndarray, kind: str, condition: str, bn: str,
               labels: np.ndarray | None = None) -> None:
-        reading = read_either_way(model, values, meta.normalization[case.modality], case.modality, meta.patch_size,
-                                  dev, meta.context_weight, options, voxel_ml=meta.spacing_mm**3 / 1000)
+        reading = read_either_way(loaded, values, case.modality, dev, options)
         pred = labels_on_model_grid(reading.probs)
         for s in dice_scores(pred, case.labels if labels is None else labels, spacing):
             rows.append({"case": case.name, "modality": case.modality, "kind": kind, "condition": condition,

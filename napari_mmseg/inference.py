@@ -222,21 +222,19 @@ class Reading:
 
 
 def read_either_way(
-    model: MultiModalFCN,
+    loaded: LoadedModel,
     raw: np.ndarray,
-    norm: IntensityNorm,
     modality: str,
-    patch: int,
     device: torch.device,
-    context_weight: float = 0.0,
     options: InferenceOptions = InferenceOptions(),
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     timings: dict[str, float] | None = None,
-    voxel_ml: float = 0.027,
 ) -> Reading:
     """`predict_scan` on the scan as given and, for MR (`options.try_inverted_mr`), with its
     grey levels inverted; the reading the network is surer of (`mr_polarity.py`)."""
+    meta = loaded.meta
+    voxel_ml = meta.spacing_mm**3 / 1000.0
     passes = [("", raw)]
     if options.try_inverted_mr and modality == "MR":
         passes.append(("inverted MR: ", invert(raw)))
@@ -246,9 +244,10 @@ def read_either_way(
         livers: list[LiverFound] = []
         t = time.perf_counter()
         probs, blended = predict_scan(
-            model, values, norm, modality, patch, device, context_weight, options,
-            progress=lambda f, s, i=i, stage=stage: report((i + f) / len(passes), stage + s), cancel=cancel,
-            timings=timings, windows_seen=(lambda p, livers=livers: livers.append(liver_found(p, voxel_ml)))
+            loaded.model, values, meta.normalization[modality], modality, meta.patch_size, device,
+            meta.context_weight, options, cancel=cancel, timings=timings,
+            progress=lambda f, s, i=i, stage=stage: report((i + f) / len(passes), stage + s),
+            windows_seen=(lambda p, livers=livers: livers.append(liver_found(p, voxel_ml)))
             if options.check_orientation else None,
         )
         readings.append(Reading(probs, blended, values, None, livers[0] if livers else None))
@@ -308,11 +307,9 @@ def segment_image(
     voxel_ml = meta.spacing_mm**3 / 1000.0
     n_passes = 1 + (options.try_inverted_mr and modality == "MR") + options.check_orientation
     share = 0.9 * (n_passes - options.check_orientation) / n_passes  # of the progress bar: the readings
-    reading = read_either_way(
-        loaded.model, raw[box], norm, modality, meta.patch_size, device, meta.context_weight, options,
-        progress=lambda f, s: report(round(0.05 + share * f, 6), s), cancel=cancel, timings=timings,
-        voxel_ml=voxel_ml,
-    )
+    reading = read_either_way(loaded, raw[box], modality, device, options,
+                              progress=lambda f, s: report(round(0.05 + share * f, 6), s), cancel=cancel,
+                              timings=timings)
     probs_crop, context_blended = reading.probs, reading.context_blended
     mirror = None
     if options.check_orientation:
