@@ -67,9 +67,10 @@ def measure(path: Path, cases, quick: bool) -> list[dict]:
     rows = []
     for case in cases:
         for condition, values, labels in conditions(case, spacing, quick):
-            readings = [predict_scan(loaded.model, v, norm, "MR", meta.patch_size, device, meta.context_weight)[0]
+            confidence: list[float] = []  # as `read_either_way` judges: on the windows, before context blending
+            readings = [predict_scan(loaded.model, v, norm, "MR", meta.patch_size, device, meta.context_weight,
+                                     windows_seen=lambda p, c=confidence: c.append(organ_confidence(p)))[0]
                         for v in (values, invert(values))]
-            confidence = [organ_confidence(p) for p in readings]
             dice = [float(np.nanmean([s.dice for s in dice_scores(labels_on_model_grid(p), labels, spacing)]))
                     for p in readings]
             rows.append({"weights": str(path), "case": case.name, "condition": condition,

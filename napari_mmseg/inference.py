@@ -232,14 +232,23 @@ def read_either_way(
     timings: dict[str, float] | None = None,
 ) -> Reading:
     """`predict_scan` on the scan as given and, for MR (`options.try_inverted_mr`), with its
-    grey levels inverted; the reading the network is surer of (`mr_polarity.py`)."""
+    grey levels inverted; the reading the network is surer of (`mr_polarity.py`), judged on
+    the sliding windows of each before any context blending: a blended pass is less sure
+    by construction, and only one of the two readings may have blended."""
     meta = loaded.meta
     voxel_ml = meta.spacing_mm**3 / 1000.0
     passes = [("", raw)]
     if options.try_inverted_mr and modality == "MR":
         passes.append(("inverted MR: ", invert(raw)))
     report = progress or (lambda f, s: None)
-    readings = []
+    readings, confidence = [], []  # confidence: of each reading's windows, before any context blending
+
+    def windows_seen(probs: np.ndarray, livers: list[LiverFound]) -> None:
+        if len(passes) > 1:
+            confidence.append(organ_confidence(probs))
+        if options.check_orientation:
+            livers.append(liver_found(probs, voxel_ml))
+
     for i, (stage, values) in enumerate(passes):
         livers: list[LiverFound] = []
         t = time.perf_counter()
@@ -247,15 +256,14 @@ def read_either_way(
             loaded.model, values, meta.normalization[modality], modality, meta.patch_size, device,
             meta.context_weight, options, cancel=cancel, timings=timings,
             progress=lambda f, s, i=i, stage=stage: report((i + f) / len(passes), stage + s),
-            windows_seen=(lambda p, livers=livers: livers.append(liver_found(p, voxel_ml)))
-            if options.check_orientation else None,
+            windows_seen=lambda p, livers=livers: windows_seen(p, livers),
         )
         readings.append(Reading(probs, blended, values, None, livers[0] if livers else None))
         if i and timings is not None:
             timings["mr_polarity"] = time.perf_counter() - t  # its network time is also in "network"
     if len(readings) == 1:
         return readings[0]
-    polarity = PolarityChoice(*(organ_confidence(r.probs) for r in readings))
+    polarity = PolarityChoice(*confidence)
     return replace(readings[1] if polarity.read_inverted else readings[0], polarity=polarity)
 
 
