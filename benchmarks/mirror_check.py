@@ -52,7 +52,6 @@ def views(case, spacing: tuple[float, ...]) -> dict[str, np.ndarray]:
 def measure(path: Path, cases, modality: str | None) -> list[dict]:
     loaded = load_weights(path)
     meta, device = loaded.meta, torch.device("cpu")
-    voxel_ml = meta.spacing_mm**3 / 1000.0
     rows = []
     for case in cases:
         if case.modality not in meta.modalities or (modality and case.modality != modality):
@@ -63,7 +62,7 @@ def measure(path: Path, cases, modality: str | None) -> list[dict]:
                 continue  # its labels are a model's: no warp of them
             found = [liver_found(predict_probabilities(loaded.model, norm.apply(np.ascontiguousarray(v)),
                                                        case.modality, meta.patch_size, device,
-                                                       InferenceOptions(device="cpu")), voxel_ml)
+                                                       InferenceOptions(device="cpu")), meta.voxel_ml)
                      for v in (values, values[:, :, ::-1])]
             rows.append({"weights": str(path), "case": case.name, "view": view,
                          "given": asdict(found[0]), "mirrored": asdict(found[1])})

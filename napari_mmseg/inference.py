@@ -57,6 +57,10 @@ class InferenceOptions:
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError("overlap must be in [0, 1)")
 
+    def reads_inverted(self, modality: str) -> bool:
+        """Whether a scan of `modality` is also read with its grey levels inverted."""
+        return self.try_inverted_mr and modality == "MR"
+
 
 @dataclass
 class Segmentation:
@@ -236,9 +240,8 @@ def read_either_way(
     the sliding windows of each before any context blending: a blended pass is less sure
     by construction, and only one of the two readings may have blended."""
     meta = loaded.meta
-    voxel_ml = meta.spacing_mm**3 / 1000.0
     passes = [("", raw)]
-    if options.try_inverted_mr and modality == "MR":
+    if options.reads_inverted(modality):
         passes.append(("inverted MR: ", invert(raw)))
     report = progress or (lambda f, s: None)
     readings, confidence = [], []  # confidence: of each reading's windows, before any context blending
@@ -247,7 +250,7 @@ def read_either_way(
         if len(passes) > 1:
             confidence.append(organ_confidence(probs))
         if options.check_orientation:
-            livers.append(liver_found(probs, voxel_ml))
+            livers.append(liver_found(probs, meta.voxel_ml))
 
     for i, (stage, values) in enumerate(passes):
         livers: list[LiverFound] = []
@@ -312,8 +315,7 @@ def segment_image(
     )
     timings["normalise"] = time.perf_counter() - t  # the crop (`predict_scan` adds the normalisation)
 
-    voxel_ml = meta.spacing_mm**3 / 1000.0
-    n_passes = 1 + (options.try_inverted_mr and modality == "MR") + options.check_orientation
+    n_passes = 1 + options.reads_inverted(modality) + options.check_orientation
     share = 0.9 * (n_passes - options.check_orientation) / n_passes  # of the progress bar: the readings
     reading = read_either_way(loaded, raw[box], modality, device, options,
                               progress=lambda f, s: report(round(0.05 + share * f, 6), s), cancel=cancel,
@@ -327,7 +329,7 @@ def segment_image(
             meta.patch_size, device, options,
             lambda f, s: report(round(0.05 + share + (0.9 - share) * f, 6), f"mirror check: {s}"), cancel, timings,
         )
-        mirror = MirrorCheck(reading.liver, liver_found(mirrored, voxel_ml))
+        mirror = MirrorCheck(reading.liver, liver_found(mirrored, meta.voxel_ml))
         del mirrored
         timings["mirror_check"] = time.perf_counter() - t  # its network time is also in "network"
     t = time.perf_counter()

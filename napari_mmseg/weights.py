@@ -49,6 +49,11 @@ class ModelMetadata:
     context_weight: float = 0.0
     format_version: int = FORMAT_VERSION
 
+    @property
+    def voxel_ml(self) -> float:
+        """The volume of one voxel of the model's grid, in millilitres."""
+        return self.spacing_mm**3 / 1000.0
+
     def to_json(self) -> str:
         return json.dumps(
             {
