@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_mmseg.contrast_shifts import invert, shifts_for
+from napari_mmseg.contrast_shifts import shifts_for
 from napari_mmseg.experiment import (
     ENLARGED_SPLEEN_FACTOR,
     THIN_SLAB_CENTRES,
@@ -33,9 +33,9 @@ from napari_mmseg.experiment import (
     load_cases,
     thin_slab,
 )
-from napari_mmseg.inference import labels_on_model_grid, predict_scan
+from napari_mmseg.inference import InferenceOptions, labels_on_model_grid, read_each_way
 from napari_mmseg.metrics import dice_scores
-from napari_mmseg.mr_polarity import INVERSION_MARGIN, PolarityChoice, organ_confidence
+from napari_mmseg.mr_polarity import INVERSION_MARGIN, PolarityChoice
 from napari_mmseg.organ_enlargement import enlarge_organ
 from napari_mmseg.organs import ORGAN_BY_NAME
 from napari_mmseg.weights import load_weights
@@ -62,17 +62,14 @@ def conditions(case, spacing: tuple[float, ...], quick: bool):
 
 def measure(path: Path, cases, quick: bool) -> list[dict]:
     loaded = load_weights(path)
-    meta, device = loaded.meta, torch.device("cpu")
-    norm, spacing = meta.normalization["MR"], (meta.spacing_mm,) * 3
+    spacing, options = (loaded.meta.spacing_mm,) * 3, InferenceOptions(check_orientation=False)
     rows = []
     for case in cases:
         for condition, values, labels in conditions(case, spacing, quick):
-            confidence: list[float] = []  # as `read_either_way` judges: on the windows, before context blending
-            readings = [predict_scan(loaded.model, v, norm, "MR", meta.patch_size, device, meta.context_weight,
-                                     windows_seen=lambda p, c=confidence: c.append(organ_confidence(p)))[0]
-                        for v in (values, invert(values))]
-            dice = [float(np.nanmean([s.dice for s in dice_scores(labels_on_model_grid(p), labels, spacing)]))
-                    for p in readings]
+            readings = read_each_way(loaded, values, "MR", torch.device("cpu"), options)
+            confidence = [r.confidence for r in readings]  # as `read_either_way` judges them
+            dice = [float(np.nanmean([s.dice for s in dice_scores(labels_on_model_grid(r.probs), labels, spacing)]))
+                    for r in readings]
             rows.append({"weights": str(path), "case": case.name, "condition": condition,
                          "confidence": confidence, "dice": dice})
             print(f"  {path.name} {case.name} {condition}: as given {dice[0]:.3f} ({confidence[0]:.4f}), "

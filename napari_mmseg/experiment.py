@@ -26,6 +26,7 @@ from .datasets import load_dataset, totalsegmentator_examples
 from .device import one_thread_per_worker, resolve_device
 from .inference import InferenceOptions, labels_on_model_grid, read_either_way
 from .metrics import dice_scores
+from .mr_polarity import was_read_inverted
 from .networks.dual_stream import DUAL_STREAM, use_blended_statistics
 from .organ_enlargement import enlarge_organ
 from .organs import MODALITIES, ORGAN_BY_NAME
@@ -187,7 +188,7 @@ def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[Prepa
             rows.append({"case": case.name, "modality": case.modality, "kind": kind, "condition": condition,
                          "organ": s.organ, "dice": s.dice, "predicted_ml": s.predicted_ml,
                          "reference_ml": s.reference_ml, "bn_statistics": bn,
-                         "read_inverted": reading.polarity is not None and reading.polarity.read_inverted})
+                         "read_inverted": was_read_inverted(reading.polarity)})
 
     bn = "per-modality" if meta.variant in DUAL_STREAM else "shared"
     for case in (c for c in test if c.modality in meta.modalities):

@@ -24,7 +24,7 @@ from .context_grid import coarsen, needs_context, refine
 from .contrast_shifts import invert
 from .device import mixed_precision, place, resolve_device, tune_cpu
 from .errors import Cancelled
-from .mr_polarity import PolarityChoice, organ_confidence
+from .mr_polarity import PolarityChoice, organ_confidence, was_read_inverted
 from .networks import MultiModalFCN
 from .organ_pieces import without_stray_pieces
 from .organs import check_modality
@@ -79,7 +79,7 @@ class Segmentation:
 
     @property
     def read_inverted(self) -> bool:
-        return self.polarity is not None and self.polarity.read_inverted
+        return was_read_inverted(self.polarity)
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -220,9 +220,51 @@ class Reading:
     probs: np.ndarray
     context_blended: bool
     values: np.ndarray  # the intensities the network read: the scan's, or (MR) inverted
-    polarity: PolarityChoice | None  # MR read both ways; None when read only as given
+    # the windows' organ confidence before any context blending (`mr_polarity.py`), when the
+    # scan is read both ways round; None otherwise
+    confidence: float | None = None
+    polarity: PolarityChoice | None = None  # MR read both ways; None when read only as given
     # in the windows' pass, before any context blending (for the mirror check, when it is on)
-    liver: LiverFound | None
+    liver: LiverFound | None = None
+
+
+def read_each_way(
+    loaded: LoadedModel,
+    raw: np.ndarray,
+    modality: str,
+    device: torch.device,
+    options: InferenceOptions = InferenceOptions(),
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    timings: dict[str, float] | None = None,
+) -> list[Reading]:
+    """`predict_scan` on the scan as given and, for MR (`options.try_inverted_mr`), with its
+    grey levels inverted: one reading each, in that order."""
+    meta = loaded.meta
+    passes = [("", raw)]
+    if options.reads_inverted(modality):
+        passes.append(("inverted MR: ", invert(raw)))
+    report = progress or (lambda f, s: None)
+    readings = []
+    for i, (stage, values) in enumerate(passes):
+        seen: list[tuple[float | None, LiverFound | None]] = []
+
+        def windows_seen(probs: np.ndarray, seen: list = seen) -> None:
+            seen.append((organ_confidence(probs) if len(passes) > 1 else None,
+                         liver_found(probs, meta.voxel_ml) if options.check_orientation else None))
+
+        t = time.perf_counter()
+        probs, blended = predict_scan(
+            loaded.model, values, meta.normalization[modality], modality, meta.patch_size, device,
+            meta.context_weight, options, cancel=cancel, timings=timings,
+            progress=lambda f, s, i=i, stage=stage: report((i + f) / len(passes), stage + s),
+            windows_seen=windows_seen,
+        )
+        confidence, liver = seen[0]
+        readings.append(Reading(probs, blended, values, confidence, liver=liver))
+        if i and timings is not None:
+            timings["mr_polarity"] = time.perf_counter() - t  # its network time is also in "network"
+    return readings
 
 
 def read_either_way(
@@ -235,39 +277,14 @@ def read_either_way(
     cancel: CancelFn | None = None,
     timings: dict[str, float] | None = None,
 ) -> Reading:
-    """`predict_scan` on the scan as given and, for MR (`options.try_inverted_mr`), with its
-    grey levels inverted; the reading the network is surer of (`mr_polarity.py`), judged on
-    the sliding windows of each before any context blending: a blended pass is less sure
-    by construction, and only one of the two readings may have blended."""
-    meta = loaded.meta
-    passes = [("", raw)]
-    if options.reads_inverted(modality):
-        passes.append(("inverted MR: ", invert(raw)))
-    report = progress or (lambda f, s: None)
-    readings, confidence = [], []  # confidence: of each reading's windows, before any context blending
-
-    def windows_seen(probs: np.ndarray, livers: list[LiverFound]) -> None:
-        if len(passes) > 1:
-            confidence.append(organ_confidence(probs))
-        if options.check_orientation:
-            livers.append(liver_found(probs, meta.voxel_ml))
-
-    for i, (stage, values) in enumerate(passes):
-        livers: list[LiverFound] = []
-        t = time.perf_counter()
-        probs, blended = predict_scan(
-            loaded.model, values, meta.normalization[modality], modality, meta.patch_size, device,
-            meta.context_weight, options, cancel=cancel, timings=timings,
-            progress=lambda f, s, i=i, stage=stage: report((i + f) / len(passes), stage + s),
-            windows_seen=lambda p, livers=livers: windows_seen(p, livers),
-        )
-        readings.append(Reading(probs, blended, values, None, livers[0] if livers else None))
-        if i and timings is not None:
-            timings["mr_polarity"] = time.perf_counter() - t  # its network time is also in "network"
+    """`read_each_way`, and of an MR scan's two readings the one the network is surer of
+    (`mr_polarity.py`), judged on the sliding windows of each before any context blending:
+    a blended pass is less sure by construction, and only one of the two may have blended."""
+    readings = read_each_way(loaded, raw, modality, device, options, progress, cancel, timings)
     if len(readings) == 1:
         return readings[0]
-    polarity = PolarityChoice(*confidence)
-    return replace(readings[1] if polarity.read_inverted else readings[0], polarity=polarity)
+    polarity = PolarityChoice(*(r.confidence for r in readings))
+    return replace(readings[polarity.read_inverted], polarity=polarity)
 
 
 def labels_on_model_grid(probs: np.ndarray) -> np.ndarray:

@@ -51,3 +51,8 @@ class PolarityChoice:
             return ""
         return (f"the scan was read with its grey levels inverted (a T1-like sequence: the network was surer "
                 f"of the organs that way, confidence {self.inverted:.3f} against {self.given:.3f})")
+
+
+def was_read_inverted(choice: PolarityChoice | None) -> bool:
+    """Whether labels came from the inverted reading (no choice: the scan was read as given)."""
+    return choice is not None and choice.read_inverted
