@@ -67,7 +67,7 @@ def measure(path: Path, cases, quick: bool) -> list[dict]:
     for case in cases:
         for condition, values, labels in conditions(case, spacing, quick):
             readings = read_each_way(loaded, values, "MR", torch.device("cpu"), options)
-            confidence = [r.confidence for r in readings]  # as `read_either_way` judges them
+            confidence = [r.confidence for r in readings]  # as `kept_reading` judges them
             dice = [float(np.nanmean([s.dice for s in dice_scores(labels_on_model_grid(r.probs), labels, spacing)]))
                     for r in readings]
             rows.append({"weights": str(path), "case": case.name, "condition": condition,

@@ -24,7 +24,7 @@ from .config import PRESETS, PROTOCOLS, Preset
 from .contrast_shifts import shifts_for
 from .datasets import load_dataset, totalsegmentator_examples
 from .device import one_thread_per_worker, resolve_device
-from .inference import InferenceOptions, labels_on_model_grid, read_either_way
+from .inference import InferenceOptions, kept_reading, labels_on_model_grid, read_each_way
 from .metrics import dice_scores
 from .mr_polarity import was_read_inverted
 from .networks.dual_stream import DUAL_STREAM, use_blended_statistics
@@ -182,7 +182,7 @@ def evaluate(loaded: LoadedModel, test: list[PreparedCase], totalseg: list[Prepa
 
     def score(case: PreparedCase, values: np.ndarray, kind: str, condition: str, bn: str,
               labels: np.ndarray | None = None) -> None:
-        reading = read_either_way(loaded, values, case.modality, dev, options)
+        reading = kept_reading(read_each_way(loaded, values, case.modality, dev, options))
         pred = labels_on_model_grid(reading.probs)
         for s in dice_scores(pred, case.labels if labels is None else labels, spacing):
             rows.append({"case": case.name, "modality": case.modality, "kind": kind, "condition": condition,

@@ -267,20 +267,11 @@ def read_each_way(
     return readings
 
 
-def read_either_way(
-    loaded: LoadedModel,
-    raw: np.ndarray,
-    modality: str,
-    device: torch.device,
-    options: InferenceOptions = InferenceOptions(),
-    progress: ProgressFn | None = None,
-    cancel: CancelFn | None = None,
-    timings: dict[str, float] | None = None,
-) -> Reading:
-    """`read_each_way`, and of an MR scan's two readings the one the network is surer of
-    (`mr_polarity.py`), judged on the sliding windows of each before any context blending:
-    a blended pass is less sure by construction, and only one of the two may have blended."""
-    readings = read_each_way(loaded, raw, modality, device, options, progress, cancel, timings)
+def kept_reading(readings: list[Reading]) -> Reading:
+    """Of `read_each_way`'s readings, the one whose labels are given: for an MR scan read both
+    ways round, the one the network is surer of (`mr_polarity.py`), judged on the sliding
+    windows of each before any context blending: a blended pass is less sure by construction,
+    and only one of the two may have blended."""
     if len(readings) == 1:
         return readings[0]
     polarity = PolarityChoice(*(r.confidence for r in readings))
@@ -334,9 +325,9 @@ def segment_image(
 
     n_passes = 1 + options.reads_inverted(modality) + options.check_orientation
     share = 0.9 * (n_passes - options.check_orientation) / n_passes  # of the progress bar: the readings
-    reading = read_either_way(loaded, raw[box], modality, device, options,
-                              progress=lambda f, s: report(round(0.05 + share * f, 6), s), cancel=cancel,
-                              timings=timings)
+    reading = kept_reading(read_each_way(loaded, raw[box], modality, device, options,
+                                         progress=lambda f, s: report(round(0.05 + share * f, 6), s),
+                                         cancel=cancel, timings=timings))
     probs_crop, context_blended = reading.probs, reading.context_blended
     mirror = None
     if options.check_orientation:
