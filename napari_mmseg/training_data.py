@@ -97,6 +97,7 @@ def save_bundle(cases: list[PreparedCase], path: Path) -> None:
         arrays[f"values_{i}"] = np.round(c.values).astype(np.int16) if whole else c.values.astype(np.float32)
         arrays[f"labels_{i}"] = c.labels
     names = np.array([f"{c.name}|{c.modality}" for c in cases])
+    path.parent.mkdir(parents=True, exist_ok=True)  # e.g. the README's .study/ on a fresh clone
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, names=names, **arrays)
     os.replace(tmp, path)

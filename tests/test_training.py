@@ -254,8 +254,8 @@ def test_bundle_keeps_cases(tmp_path):
                       rng.integers(0, 5, (5, 6, 7)).astype(np.uint8))
     small = PreparedCase("mr (0-1)", "MR", rng.uniform(0, 1, (4, 4, 4)).astype(np.float32),
                          np.zeros((4, 4, 4), np.uint8))
-    save_bundle([ct, small], tmp_path / "b.npz")
-    back, back_small = load_bundle(tmp_path / "b.npz")
+    save_bundle([ct, small], tmp_path / "new" / "b.npz")  # a folder that is not there yet
+    back, back_small = load_bundle(tmp_path / "new" / "b.npz")
     assert (back.name, back.modality) == ("ct 1", "CT") and back.values.dtype == np.float32
     assert np.abs(back.values - ct.values).max() <= 0.5  # HU rounded to whole numbers
     assert np.array_equal(back.labels, ct.labels)
