@@ -36,6 +36,7 @@ from .datasets import LabelledCase
 from .inference import body_box
 from .organs import NUM_CLASSES
 from .preprocessing import IntensityNorm, body_mask, default_norm, to_canonical
+from .safe_write import write_atomic
 
 CACHE_VERSION = 3
 SAMPLES_PER_CLASS = 20_000
@@ -71,11 +72,14 @@ def prepare_case(case: LabelledCase, spacing_mm: float, patch_size: int) -> Prep
     lab = sitk.GetArrayFromImage(to_canonical(labels, spacing_mm, is_label=True))
     box = body_box(raw, margin=patch_size // 8)
     values, lab = raw[box].astype(np.float32), lab[box].astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Per-process name: ranks of a torchrun job prepare the same cases at the same time.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, values=values, labels=lab)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, values=values, labels=lab)
+
+    # Ranks of a torchrun job prepare the same cases at the same time: each writes its own
+    # temporary file and the last complete one stays.
+    write_atomic(path, write, overwrite=True, make_parents=True)
     return PreparedCase(case.name, case.modality, values, lab)
 
 
@@ -97,10 +101,13 @@ def save_bundle(cases: list[PreparedCase], path: Path) -> None:
         arrays[f"values_{i}"] = np.round(c.values).astype(np.int16) if whole else c.values.astype(np.float32)
         arrays[f"labels_{i}"] = c.labels
     names = np.array([f"{c.name}|{c.modality}" for c in cases])
-    path.parent.mkdir(parents=True, exist_ok=True)  # e.g. the README's .study/ on a fresh clone
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, names=names, **arrays)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the temporary name
+            np.savez_compressed(f, names=names, **arrays)
+
+    # the parents too: the README's .study/ is not there on a fresh clone
+    write_atomic(path, write, overwrite=True, make_parents=True)
 
 
 def load_bundle(path: Path) -> list[PreparedCase]:
