@@ -9,9 +9,8 @@ enhanced differently), a random intensity curve, monotone or not (T2 ↔ T1 cont
 random convolutional remapping (local texture and edges of another sequence, e.g. the dark
 rims at fat–water boundaries of gradient-echo MR), for CT optionally fat as gradient-echo MR
 shows it (bright, dark-rimmed in opposed phase), gamma, a smooth bias field, blur or thick
-slices, noise; plus small rotations and scaling, and (off by default: it cost CT accuracy
-in the recipe trial) a region around the patch's centre magnified, organs larger than the
-training data holds.
+slices, noise; plus small rotations and scaling, and now and then a region around the
+patch's centre magnified: organs larger than the training data holds (an enlarged spleen).
 Never a flip: a mirrored abdomen swaps the right and the left kidney.
 
 Intensity changes work in a unit range per volume (the CT window, or the MR volume's own
