@@ -58,6 +58,16 @@ class PreparedCase:
         return norm.apply(self.values)
 
 
+def _save_npz(path: Path, compressed: bool, **arrays: np.ndarray) -> None:
+    """Through the project's one write path, parents made (the README's .study/ is not there
+    on a fresh clone), replacing what was there."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the temporary name
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+
+    write_atomic(path, write, overwrite=True, make_parents=True)
+
+
 def prepare_case(case: LabelledCase, spacing_mm: float, patch_size: int) -> PreparedCase:
     """Resample to the model grid and crop to the body as `segment_image` does; cached."""
     src = [case.image, case.labels]
@@ -72,14 +82,9 @@ def prepare_case(case: LabelledCase, spacing_mm: float, patch_size: int) -> Prep
     lab = sitk.GetArrayFromImage(to_canonical(labels, spacing_mm, is_label=True))
     box = body_box(raw, margin=patch_size // 8)
     values, lab = raw[box].astype(np.float32), lab[box].astype(np.uint8)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, values=values, labels=lab)
-
     # Ranks of a torchrun job prepare the same cases at the same time: each writes its own
     # temporary file and the last complete one stays.
-    write_atomic(path, write, overwrite=True, make_parents=True)
+    _save_npz(path, compressed=False, values=values, labels=lab)
     return PreparedCase(case.name, case.modality, values, lab)
 
 
@@ -101,13 +106,7 @@ def save_bundle(cases: list[PreparedCase], path: Path) -> None:
         arrays[f"values_{i}"] = np.round(c.values).astype(np.int16) if whole else c.values.astype(np.float32)
         arrays[f"labels_{i}"] = c.labels
     names = np.array([f"{c.name}|{c.modality}" for c in cases])
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the temporary name
-            np.savez_compressed(f, names=names, **arrays)
-
-    # the parents too: the README's .study/ is not there on a fresh clone
-    write_atomic(path, write, overwrite=True, make_parents=True)
+    _save_npz(path, compressed=True, names=names, **arrays)
 
 
 def load_bundle(path: Path) -> list[PreparedCase]:
