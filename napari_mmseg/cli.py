@@ -243,12 +243,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = replace(preset, training=replace(preset.training, batch_size=args.batch_size))
     if args.lr is not None:
         preset = replace(preset, training=replace(preset.training, lr_single=args.lr, lr_dual=args.lr))
-    if args.augment:
-        try:
-            augmentation = preset.training.augmentation.changed(args.augment)
-        except ValueError as err:
-            raise SystemExit(f"mmseg train --augment {args.augment}: {err}") from None
-        preset = replace(preset, training=replace(preset.training, augmentation=augmentation))
+    try:
+        preset = preset.with_augmentation(args.augment)
+    except ValueError as err:
+        raise SystemExit(f"mmseg train --augment {args.augment}: {err}") from None
     cases = []
     if args.ct:
         cases += load_dataset(args.ct, "CT")
@@ -291,8 +289,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         totalseg=Path(args.totalseg) if args.totalseg else None, preset=args.preset,
         variants=tuple(args.variants), protocols=tuple(args.protocols), repetitions=args.repetitions,
         folds=args.folds, steps=args.steps, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        curve_points=args.curve_points, only_fold=args.only_fold,
+        curve_points=args.curve_points, only_fold=args.only_fold, augment=args.augment,
     )
+    try:
+        study.preset_used()
+    except ValueError as err:
+        raise SystemExit(f"mmseg experiment --augment {args.augment}: {err}") from None
     if study.bundle is None and (study.ct is None or study.mr is None):
         raise SystemExit("mmseg experiment: give --ct and --mr dataset folders, or --bundle")
     report = run_study(study, log=(lambda line: None) if args.quiet else print)
@@ -387,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve-points", type=int, default=8, help="validation Dice this many times along each run "
                    "of repetition 0 (the learning curves)")
     p.add_argument("--only-fold", type=int, help="run this fold alone (with --repetitions 1: a learning-curve run)")
+    p.add_argument("--augment", metavar="FIELD=VALUE,...", help="change the preset's augmentation in every run, "
+                   "e.g. p_enlarge=0; the fields of AugmentationConfig")
     p.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
     p.add_argument("--out", default="runs/study")
     p.add_argument("-q", "--quiet", action="store_true")

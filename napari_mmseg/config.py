@@ -161,6 +161,13 @@ class Preset:
     network: NetworkConfig
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
+    def with_augmentation(self, spec: str | None) -> Preset:
+        """This preset with its augmentation changed by "field=value,..." (see
+        `AugmentationConfig.changed`); None or "" leaves it as it is."""
+        if not spec:
+            return self
+        return replace(self, training=replace(self.training, augmentation=self.training.augmentation.changed(spec)))
+
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset("paper", NetworkConfig(), TrainingConfig()),

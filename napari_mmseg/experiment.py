@@ -65,9 +65,10 @@ class StudyConfig:
     shipping_steps: int | None = None  # per modality: also train each variant on every case
     stop_after_s: float | None = None  # tasks not begun by then are left for a later call
     only_fold: int | None = None  # run this fold alone (a longer learning-curve run)
+    augment: str | None = None  # the preset's augmentation changed, "field=value,..." (AugmentationConfig)
 
     def preset_used(self) -> Preset:
-        preset = PRESETS[self.preset]
+        preset = PRESETS[self.preset].with_augmentation(self.augment)
         if self.batch_size is not None:
             preset = replace(preset, training=replace(preset.training, batch_size=self.batch_size))
         return preset

@@ -231,3 +231,17 @@ def test_train_changes_the_augmentation_on_request_and_refuses_an_unknown_field_
     meta = read_metadata(tmp_path / "run" / "individual-ct.safetensors")
     assert code == 0 and meta.context_weight == 0.0
     assert meta.training["augmentation"]["p_coarse"] == 0.0 and meta.training["augmentation"]["p_gamma"] == 0.0
+
+
+def test_experiment_trains_every_run_with_the_changed_augmentation_and_refuses_an_unknown_field(tmp_path):
+    """`mmseg experiment --augment` names the recipe of a held-out trial as `train --augment` does."""
+    from napari_mmseg.experiment import StudyConfig, plan
+
+    with pytest.raises(SystemExit, match="experiment --augment p_enlarg=0: 'p_enlarg' is not a probability"):
+        main(["experiment", "--bundle", str(tmp_path / "absent.npz"), "--augment", "p_enlarg=0"])
+    study = StudyConfig(out_dir=tmp_path, folds=2, repetitions=1, steps=2, augment="p_enlarge=0,p_gamma=0.5")
+    for task in plan(study):
+        augmentation = task.training_run(study).preset.training.augmentation
+        assert augmentation.p_enlarge == 0.0 and augmentation.p_gamma == 0.5
+    default = StudyConfig(out_dir=tmp_path).preset_used().training.augmentation
+    assert default.p_enlarge == 0.25, "no --augment: the preset's recipe"
