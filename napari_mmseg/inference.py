@@ -171,7 +171,7 @@ def predict_scan(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     timings: dict[str, float] | None = None,
-    windows_seen: Callable[[np.ndarray], None] | None = None,
+    windows_seen: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Class probabilities on the model's grid for a scan's intensities there (a crop of the
     canonical scan, not yet normalised): the sliding-window pass, blended with a pass on the
@@ -183,7 +183,8 @@ def predict_scan(
     view) gets no context pass: the windows already see all of its length, and on 60 mm slabs
     of held-out patients the pass cost Dice (docs/results.md, "Third session").
 
-    `windows_seen(probs)` is shown the windows' probabilities before any blending."""
+    `windows_seen(probs, normalised)` is shown the windows' probabilities before any blending,
+    and the normalised intensities they read."""
     def normalised(values: np.ndarray) -> np.ndarray:
         t = time.perf_counter()
         out = norm.apply(values)
@@ -191,19 +192,20 @@ def predict_scan(
             timings["normalise"] = timings.get("normalise", 0.0) + time.perf_counter() - t
         return out
 
-    seen = windows_seen or (lambda p: None)
+    seen = windows_seen or (lambda p, x: None)
+    fine = normalised(raw)
     if not context_weight or raw.shape[0] < patch:
-        probs = predict_probabilities(model, normalised(raw), modality, patch, device, options, progress,
-                                      cancel, timings)
-        seen(probs)
+        probs = predict_probabilities(model, fine, modality, patch, device, options, progress, cancel, timings)
+        seen(probs, fine)
         return probs, False
     coarse = coarsen(raw)
     n_fine, n_coarse = (window_count(v.shape, patch, options.overlap) for v in (raw, coarse))
     share = n_fine / (n_fine + n_coarse)
     report = progress or (lambda f, s: None)
-    probs = predict_probabilities(model, normalised(raw), modality, patch, device, options,
+    probs = predict_probabilities(model, fine, modality, patch, device, options,
                                   lambda f, s: report(share * f, s), cancel, timings)
-    seen(probs)
+    seen(probs, fine)
+    del fine
     context = predict_probabilities(model, normalised(coarse), modality, patch, device, options,
                                     lambda f, s: report(share + (1 - share) * f, f"context {s}"), cancel, timings)
     context = refine(context, probs.shape[1:])
@@ -219,13 +221,15 @@ class Reading:
     """Class probabilities on the model's grid, and how they were read."""
     probs: np.ndarray
     context_blended: bool
-    values: np.ndarray  # the intensities the network read: the scan's, or (MR) inverted
     # the windows' organ confidence before any context blending (`mr_polarity.py`), when the
     # scan is read both ways round; None otherwise
     confidence: float | None = None
     polarity: PolarityChoice | None = None  # MR read both ways; None when read only as given
     # in the windows' pass, before any context blending (for the mirror check, when it is on)
     liver: LiverFound | None = None
+    # the normalised intensities the windows read (the scan's, or MR inverted), kept for the
+    # mirror check, which reads their mirror image; None when it is off
+    normalised: np.ndarray | None = None
 
 
 def read_each_way(
@@ -247,11 +251,12 @@ def read_each_way(
     report = progress or (lambda f, s: None)
     readings = []
     for i, (stage, values) in enumerate(passes):
-        seen: list[tuple[float | None, LiverFound | None]] = []
+        seen: list[tuple[float | None, LiverFound | None, np.ndarray | None]] = []
 
-        def windows_seen(probs: np.ndarray, seen: list = seen) -> None:
+        def windows_seen(probs: np.ndarray, normalised: np.ndarray, seen: list = seen) -> None:
             seen.append((organ_confidence(probs) if len(passes) > 1 else None,
-                         liver_found(probs, meta.voxel_ml) if options.check_orientation else None))
+                         *((liver_found(probs, meta.voxel_ml), normalised) if options.check_orientation
+                           else (None, None))))
 
         t = time.perf_counter()
         probs, blended = predict_scan(
@@ -260,8 +265,8 @@ def read_each_way(
             progress=lambda f, s, i=i, stage=stage: report((i + f) / len(passes), stage + s),
             windows_seen=windows_seen,
         )
-        confidence, liver = seen[0]
-        readings.append(Reading(probs, blended, values, confidence, liver=liver))
+        confidence, liver, normalised = seen[0]
+        readings.append(Reading(probs, blended, confidence, liver=liver, normalised=normalised))
         if i and timings is not None:
             timings["mr_polarity"] = time.perf_counter() - t  # its network time is also in "network"
     return readings
@@ -315,7 +320,6 @@ def segment_image(
             stacklevel=2,
         )
     t = time.perf_counter()
-    norm: IntensityNorm = meta.normalization[modality]
     box = (
         body_box(raw, margin=meta.patch_size // 8)
         if options.crop_to_body
@@ -333,7 +337,7 @@ def segment_image(
     if options.check_orientation:
         t = time.perf_counter()
         mirrored = predict_probabilities(
-            loaded.model, norm.apply(np.ascontiguousarray(reading.values[:, :, ::-1])), modality,
+            loaded.model, np.ascontiguousarray(reading.normalised[:, :, ::-1]), modality,
             meta.patch_size, device, options,
             lambda f, s: report(round(0.05 + share + (0.9 - share) * f, 6), f"mirror check: {s}"), cancel, timings,
         )
