@@ -254,9 +254,11 @@ def read_each_way(
         seen: list[tuple[float | None, LiverFound | None, np.ndarray | None]] = []
 
         def windows_seen(probs: np.ndarray, normalised: np.ndarray, seen: list = seen) -> None:
-            seen.append((organ_confidence(probs) if len(passes) > 1 else None,
-                         *((liver_found(probs, meta.voxel_ml), normalised) if options.check_orientation
-                           else (None, None))))
+            confidence = organ_confidence(probs) if len(passes) > 1 else None
+            if options.check_orientation:
+                seen.append((confidence, liver_found(probs, meta.voxel_ml), normalised))
+            else:
+                seen.append((confidence, None, None))
 
         t = time.perf_counter()
         probs, blended = predict_scan(
