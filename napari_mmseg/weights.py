@@ -114,6 +114,9 @@ def save_weights(
             t = t.half()
         tensors[name] = t
     metadata = {METADATA_KEY: meta.to_json()}
+    problem = metadata_problem(json.loads(metadata[METADATA_KEY]))
+    if problem is not None:  # never write a file that `load_weights` would refuse
+        raise WeightsError(f"Cannot write {path}: its metadata would not load back ({problem}).")
 
     def verify(tmp: Path) -> None:
         try:
@@ -230,13 +233,30 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
     }
     model = loaded[0].model  # already this network, in eval mode: it takes the mean
     model.load_state_dict(mean)
-    sources = [  # an average of averages keeps the whole tree
-        {"file": str(p), "averaged_from": m.meta.training["averaged_from"]} if "averaged_from" in m.meta.training
-        else str(p)
-        for p, m in zip(paths, loaded, strict=True)
-    ]
-    meta = replace(first, training={**first.training, "averaged_from": sources}, validation_dice={})
-    return LoadedModel(model, meta, loaded[0].path)
+    # an average of averages keeps every earlier average as one flat record: nested, the
+    # tree grew two levels a round until the file's metadata was too deep to load
+    earlier: list[dict] = []
+    for p, m in zip(paths, loaded, strict=True):
+        if "averaged_from" in m.meta.training:
+            earlier += m.meta.training.get("earlier_averages", [])
+            earlier.append({"file": str(p), "averaged_from": _flattened(m.meta.training["averaged_from"], earlier)})
+    training = {k: v for k, v in first.training.items() if k != "earlier_averages"}
+    training["averaged_from"] = [str(p) for p in paths]
+    if earlier:
+        training["earlier_averages"] = earlier
+    return LoadedModel(model, replace(first, training=training, validation_dice={}), loaded[0].path)
+
+
+def _flattened(sources: list, records: list[dict]) -> list[str]:
+    """The file names of an `averaged_from` list; each average nested in it (as files
+    averaged before 2026-12-01 record them) appended to `records` as a flat record."""
+    names = []
+    for source in sources:
+        if isinstance(source, dict):
+            records.append({"file": source["file"], "averaged_from": _flattened(source["averaged_from"], records)})
+            source = source["file"]
+        names.append(str(source))
+    return names
 
 
 def _same_normalization(a: dict[str, IntensityNorm], b: dict[str, IntensityNorm]) -> bool:

@@ -135,6 +135,43 @@ def test_files_of_format_1_have_no_context_pass(tmp_path):
     assert load_weights(tmp_path / "old.safetensors").meta.context_weight == 0.0
 
 
+def test_averages_of_averages_load_however_many_rounds_they_took(tmp_path):
+    # each round averages the last round's file with a fine-tune of it, as the shipped files were made
+    fine_tune = make_weights(tmp_path / "fine-tune.safetensors", "msbn", seed=1)
+    current = make_weights(tmp_path / "round0.safetensors", "msbn", seed=0)
+    for i in range(1, 21):
+        soup = average_weights([current, fine_tune])
+        current = save_weights(soup.model, soup.meta, tmp_path / f"round{i}.safetensors")
+    training = load_weights(current).meta.training
+    assert training["averaged_from"] == [str(tmp_path / "round19.safetensors"), str(fine_tune)]
+    assert [r["file"] for r in training["earlier_averages"]] == [str(tmp_path / f"round{i}.safetensors")
+                                                               for i in range(1, 20)]
+
+
+def test_an_old_nested_record_of_averages_is_flattened(tmp_path):
+    a = make_weights(tmp_path / "a.safetensors", "msbn", seed=0)
+    old = load_weights(a)
+    old.meta.training["averaged_from"] = [{"file": "x", "averaged_from": [{"file": "y", "averaged_from": ["p", "q"]},
+                                                                         "z"]}, "w"]
+    nested = save_weights(old.model, old.meta, tmp_path / "nested.safetensors")
+    training = average_weights([nested, a]).meta.training
+    assert training["averaged_from"] == [str(nested), str(a)]
+    assert training["earlier_averages"] == [{"file": "y", "averaged_from": ["p", "q"]},
+                                            {"file": "x", "averaged_from": ["y", "z"]},
+                                            {"file": str(nested), "averaged_from": ["x", "w"]}]
+
+
+def test_weights_whose_metadata_would_not_load_are_not_written(tmp_path):
+    loaded = load_weights(make_weights(tmp_path / "a.safetensors", "msbn"))
+    deep: list = ["run"]
+    for _ in range(20):
+        deep = [deep]
+    loaded.meta.training["history"] = deep
+    with pytest.raises(WeightsError, match="would not load back.*nested"):
+        save_weights(loaded.model, loaded.meta, tmp_path / "deep.safetensors")
+    assert not (tmp_path / "deep.safetensors").exists()
+
+
 def test_averaged_weights_are_the_mean_of_the_files_and_only_of_one_network(tmp_path):
     a = make_weights(tmp_path / "a.safetensors", "msbn", seed=0)
     b = make_weights(tmp_path / "b.safetensors", "msbn", seed=1)
@@ -149,7 +186,8 @@ def test_averaged_weights_are_the_mean_of_the_files_and_only_of_one_network(tmp_
     saved = save_weights(soup.model, soup.meta, tmp_path / "soup.safetensors")
     assert load_weights(saved).meta.variant == "msbn"
     again = average_weights([saved, a])  # an average of an average records both levels
-    assert again.meta.training["averaged_from"] == [{"file": str(saved), "averaged_from": [str(a), str(b)]}, str(a)]
+    assert again.meta.training["averaged_from"] == [str(saved), str(a)]
+    assert again.meta.training["earlier_averages"] == [{"file": str(saved), "averaged_from": [str(a), str(b)]}]
     # each run measures the CT mean afresh: float noise is the same preprocessing, a new window is not
     noisy = load_weights(b)
     noisy.meta.normalization["CT"] = replace(noisy.meta.normalization["CT"], mean=75.0 + 1e-5)
