@@ -24,9 +24,13 @@ from napari_mmseg.organs import ORGANS
 from napari_mmseg.weights import LoadedModel, bundled_weights_dir, load_weights
 
 
+def labelled_cases(data: Path) -> list[LabelledCase]:
+    """Every case of the BTCV CT and CHAOS T2 datasets under `data`."""
+    return load_nnunet_dataset(data / "abdomen-ct-btcv") + load_nnunet_dataset(data / "abdomen-mr-chaos-t2")
+
+
 def held_out_cases(data: Path, names: dict[str, list[str]]) -> list[LabelledCase]:
-    cases = load_nnunet_dataset(data / "abdomen-ct-btcv") + load_nnunet_dataset(data / "abdomen-mr-chaos-t2")
-    return [c for c in cases if c.name in names.get(c.modality, [])]
+    return [c for c in labelled_cases(data) if c.name in names.get(c.modality, [])]
 
 
 def totalseg_cases(data: Path) -> list[LabelledCase]:
