@@ -44,6 +44,7 @@ from napari_mmseg.weights import LoadedModel, bundled_weights_dir, load_weights
 # The session-1 hold-out (seeded shuffle, seed 0), used when the weights name no cases.
 DEFAULT_CASES = {"CT": ["btcv_23", "btcv_05"], "MR": ["chaos_05", "chaos_33"]}
 AS_IS = "as is"
+ENLARGE_ALL_NOTE = ", on every labelled case (--enlarge-all), whether or not the weights were trained on it"
 KINDS = (AS_IS, "shifted", "enlarged", "totalseg")  # table order; --enlarge-all reads other cases first
 SUMMARY_COLUMNS = ("CT in-domain", "CT shifted", "CT spleen enlarged", "MR in-domain", "MR shifted",
                    "MR spleen enlarged", "TS CT", "TS MR")
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{seconds:.0f} s.\n\nShifted rows are the same cases under contrast shifts made here "
         "(`napari_mmseg.contrast_shifts`): proxies, not real unseen scans. Enlarged rows: the same cases with "
         "the spleen magnified about its centre (`napari_mmseg.organ_enlargement`), labels warped with it"
-        f"{', on every labelled case (--enlarge-all)' if args.enlarge_all else ''}. "
+        f"{ENLARGE_ALL_NOTE if args.enlarge_all else ''}. "
         "TotalSegmentator rows: its example "
         "CT and MR, reference labels made by TotalSegmentator (a model, not manual); the MR is not T2. "
         "Dice per organ averaged over the scans; \"shifted\" in the summaries: the mean over the shifted rows."
