@@ -26,7 +26,7 @@ from .metrics import dice_scores
 from .networks import MultiModalFCN
 from .organs import MODALITIES
 from .training_data import PatchSampler, PreparedCase, fit_normalization, prepare_case
-from .weights import ModelMetadata, load_weights, save_weights
+from .weights import ModelMetadata, lineage, load_weights, read_metadata, save_weights
 
 LogFn = Callable[[str], None]
 
@@ -249,7 +249,10 @@ def train_prepared(
             training={"preset": run.preset.name, **asdict(cfg), "steps": run.total_steps,
                       "init_weights": None if run.init_weights is None else Path(run.init_weights).name,
                       "world_size": world, "device": str(device),
-                      "wall_time_s": round(time.perf_counter() - t0, 1), "validation_history": history},
+                      "wall_time_s": round(time.perf_counter() - t0, 1), "validation_history": history,
+                      # how the start was made: without it a fine-tune's file forgets every earlier round
+                      **({} if run.init_weights is None else {"earlier": lineage(
+                          read_metadata(run.init_weights).training, Path(run.init_weights).name)})},
             validation_dice={
                 "cases": {m: [c.name for c in held_out[m]] for m in run.modalities},
                 "on": "model grid",

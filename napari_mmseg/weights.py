@@ -208,8 +208,8 @@ def load_weights(
 def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
     """The mean of several networks fine-tuned from one start (a "model soup", Wortsman et
     al. 2022): steadier on the columns where single runs swing from round to round. The
-    files must be the same network with the same preprocessing; the first one's metadata
-    is kept (its `training` describes the first file's run), with the files averaged."""
+    files must be the same network with the same preprocessing; the metadata is the first
+    one's, with `training` naming the files averaged and, in `earlier`, how each was made."""
     if len(paths) < 2:
         raise WeightsError("Averaging needs at least two weights files.")
     loaded = [load_weights(p) for p in paths]
@@ -233,18 +233,32 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
     }
     model = loaded[0].model  # already this network, in eval mode: it takes the mean
     model.load_state_dict(mean)
-    # an average of averages keeps every earlier average as one flat record: nested, the
-    # tree grew two levels a round until the file's metadata was too deep to load
-    earlier: list[dict] = []
+    records: list[dict] = []
     for p, m in zip(paths, loaded, strict=True):
-        if "averaged_from" in m.meta.training:
-            earlier += m.meta.training.get("earlier_averages", [])
-            earlier.append({"file": str(p), "averaged_from": _flattened(m.meta.training["averaged_from"], earlier)})
-    training = {k: v for k, v in first.training.items() if k != "earlier_averages"}
-    training["averaged_from"] = [str(p) for p in paths]
-    if earlier:
-        training["earlier_averages"] = earlier
+        records += [r for r in lineage(m.meta.training, str(p)) if r not in records]
+    training = {"averaged_from": [str(p) for p in paths], "earlier": records}
+    presets = {m.meta.training.get("preset") for m in loaded}
+    if len(presets) == 1:
+        training = {"preset": presets.pop(), **training}
     return LoadedModel(model, replace(first, training=training, validation_dice={}), loaded[0].path)
+
+
+# kept out of a file's own record in its descendants' `earlier` lists: the ancestors are
+# listed there already, and a run's validation curve is its own file's business
+_NOT_INHERITED = ("earlier", "earlier_averages", "validation_history")
+
+
+def lineage(training: dict, file: str) -> list[dict]:
+    """How the file with this `training` record was made, as flat records oldest first:
+    its ancestors', then its own (a run's settings, or the files it averaged) named `file`.
+    Flat, because a tree nested two levels a round until the metadata was too deep to load;
+    a fine-tune records it for its start, an average for each file it averages."""
+    earlier = list(training.get("earlier", []))
+    legacy: list[dict] = list(training.get("earlier_averages", []))  # files averaged before 2026-12-03
+    own = {k: v for k, v in training.items() if k not in _NOT_INHERITED}
+    if "averaged_from" in own:
+        own["averaged_from"] = _flattened(own["averaged_from"], legacy)
+    return earlier + legacy + [{"file": file, **own}]
 
 
 def _flattened(sources: list, records: list[dict]) -> list[str]:

@@ -104,7 +104,11 @@ def test_fine_tuning_starts_from_the_given_weights_of_the_same_network(data, tmp
     start, after, other = (load_weights(p).model.state_dict() for p in (first, tuned, fresh))
     key = next(k for k in start if k.endswith("weight") and start[k].dim() == 5)
     assert (after[key] - start[key]).abs().mean() < (other[key] - start[key]).abs().mean()
-    assert load_weights(tuned).meta.training["init_weights"] == first.name
+    training = load_weights(tuned).meta.training
+    assert training["init_weights"] == first.name
+    # the start's own record travels with the fine-tune, so the next round still knows it
+    assert [(r["file"], r["seed"], r["init_weights"]) for r in training["earlier"]] == [(first.name, 1, None)]
+    assert "validation_history" not in training["earlier"][0]
     wider = replace(TINY, network=replace(TINY.network, filters=(4, 8, 8, 8, 16)))
     with pytest.raises(ValueError, match="not the one this run trains"):
         train(TrainingRun("msbn", wider, tmp_path / "d", device="cpu", steps=2, progress_bar=False,

@@ -144,8 +144,21 @@ def test_averages_of_averages_load_however_many_rounds_they_took(tmp_path):
         current = save_weights(soup.model, soup.meta, tmp_path / f"round{i}.safetensors")
     training = load_weights(current).meta.training
     assert training["averaged_from"] == [str(tmp_path / "round19.safetensors"), str(fine_tune)]
-    assert [r["file"] for r in training["earlier_averages"]] == [str(tmp_path / f"round{i}.safetensors")
-                                                               for i in range(1, 20)]
+    # each file once, oldest first: round 0 and the fine-tune, then every earlier average
+    assert [r["file"] for r in training["earlier"]] == [str(tmp_path / "round0.safetensors"), str(fine_tune)] + [
+        str(tmp_path / f"round{i}.safetensors") for i in range(1, 20)]
+
+
+def test_an_average_records_each_files_run_and_claims_none_as_its_own(tmp_path):
+    runs = []
+    for name, record in (("start", {"preset": "light", "seed": 0, "steps": 5}),
+                         ("tuned", {"preset": "light", "seed": 1, "steps": 7, "init_weights": "start.safetensors"})):
+        loaded = load_weights(make_weights(tmp_path / f"{name}.safetensors", "msbn", seed=record["seed"]))
+        loaded.meta.training.update(record, validation_history=[{"step": 5}])
+        runs.append((save_weights(loaded.model, loaded.meta, tmp_path / f"{name}.safetensors"), record))
+    training = average_weights([p for p, _ in runs]).meta.training
+    assert training == {"preset": "light", "averaged_from": [str(p) for p, _ in runs],
+                        "earlier": [{"file": str(p), **record} for p, record in runs]}
 
 
 def test_an_old_nested_record_of_averages_is_flattened(tmp_path):
@@ -156,9 +169,11 @@ def test_an_old_nested_record_of_averages_is_flattened(tmp_path):
     nested = save_weights(old.model, old.meta, tmp_path / "nested.safetensors")
     training = average_weights([nested, a]).meta.training
     assert training["averaged_from"] == [str(nested), str(a)]
-    assert training["earlier_averages"] == [{"file": "y", "averaged_from": ["p", "q"]},
-                                            {"file": "x", "averaged_from": ["y", "z"]},
-                                            {"file": str(nested), "averaged_from": ["x", "w"]}]
+    assert [r for r in training["earlier"] if "averaged_from" in r] == [
+        {"file": "y", "averaged_from": ["p", "q"]},
+        {"file": "x", "averaged_from": ["y", "z"]},
+        {"file": str(nested), **{k: v for k, v in old.meta.training.items() if k != "validation_history"},
+         "averaged_from": ["x", "w"]}]
 
 
 def test_weights_whose_metadata_would_not_load_are_not_written(tmp_path):
@@ -187,7 +202,8 @@ def test_averaged_weights_are_the_mean_of_the_files_and_only_of_one_network(tmp_
     assert load_weights(saved).meta.variant == "msbn"
     again = average_weights([saved, a])  # an average of an average records both levels
     assert again.meta.training["averaged_from"] == [str(saved), str(a)]
-    assert again.meta.training["earlier_averages"] == [{"file": str(saved), "averaged_from": [str(a), str(b)]}]
+    assert [(r["file"], "averaged_from" in r) for r in again.meta.training["earlier"]] == [
+        (str(a), False), (str(b), False), (str(saved), True)]
     # each run measures the CT mean afresh: float noise is the same preprocessing, a new window is not
     noisy = load_weights(b)
     noisy.meta.normalization["CT"] = replace(noisy.meta.normalization["CT"], mean=75.0 + 1e-5)
