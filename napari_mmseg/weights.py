@@ -233,9 +233,10 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
     }
     model = loaded[0].model  # already this network, in eval mode: it takes the mean
     model.load_state_dict(mean)
+    # one record a file, though a fine-tune names its start by file name and the average by path
     records: list[dict] = []
     for p, m in zip(paths, loaded, strict=True):
-        records += [r for r in lineage(m.meta.training, str(p)) if r not in records]
+        records += [r for r in lineage(m.meta.training, str(p)) if not any(_same_file(r, seen) for seen in records)]
     training = {"averaged_from": [str(p) for p in paths], "earlier": records}
     presets = {m.meta.training.get("preset") for m in loaded}
     if len(presets) == 1:
@@ -259,6 +260,11 @@ def lineage(training: dict, file: str) -> list[dict]:
     if "averaged_from" in own:
         own["averaged_from"] = _flattened(own["averaged_from"], legacy)
     return earlier + legacy + [{"file": file, **own}]
+
+
+def _same_file(a: dict, b: dict) -> bool:
+    """Two records of one file: the same file name and the same record besides."""
+    return Path(a["file"]).name == Path(b["file"]).name and {**a, "file": ""} == {**b, "file": ""}
 
 
 def _flattened(sources: list, records: list[dict]) -> list[str]:

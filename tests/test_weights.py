@@ -159,6 +159,12 @@ def test_an_average_records_each_files_run_and_claims_none_as_its_own(tmp_path):
     training = average_weights([p for p, _ in runs]).meta.training
     assert training == {"preset": "light", "averaged_from": [str(p) for p, _ in runs],
                         "earlier": [{"file": str(p), **record} for p, record in runs]}
+    # the start, named by file name in the fine-tune's own record, is listed once
+    tuned = load_weights(runs[1][0])
+    tuned.meta.training["earlier"] = [{"file": "start.safetensors", **runs[0][1]}]
+    save_weights(tuned.model, tuned.meta, runs[1][0])
+    training = average_weights([p for p, _ in runs]).meta.training
+    assert [r["file"] for r in training["earlier"]] == [str(p) for p, _ in runs]
 
 
 def test_an_old_nested_record_of_averages_is_flattened(tmp_path):
