@@ -255,7 +255,7 @@ def lineage(training: dict, file: str) -> list[dict]:
     Flat, because a tree nested two levels a round until the metadata was too deep to load;
     a fine-tune records it for its start, an average for each file it averages."""
     earlier = list(training.get("earlier", []))
-    legacy: list[dict] = list(training.get("earlier_averages", []))  # files averaged before 2026-12-03
+    legacy: list[dict] = list(training.get("earlier_averages", []))  # files averaged before `earlier` existed
     own = {k: v for k, v in training.items() if k not in _NOT_INHERITED}
     if "averaged_from" in own:
         own["averaged_from"] = _flattened(own["averaged_from"], legacy)

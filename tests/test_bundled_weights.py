@@ -31,8 +31,9 @@ def test_bundled_weights_say_how_they_were_made(path):
     assert set(meta.normalization) == set(meta.modalities)
     # a run records its steps; an average the files it averaged and, in `earlier`, their runs
     # (one averaged before `earlier` existed kept its first file's run as its own)
-    runs = [r for r in meta.training["earlier"] if "averaged_from" not in r] if "earlier" in meta.training \
-        and "averaged_from" in meta.training else [meta.training]
+    training = meta.training
+    averaged_with_lineage = "averaged_from" in training and "earlier" in training
+    runs = [r for r in training["earlier"] if "averaged_from" not in r] if averaged_with_lineage else [training]
     assert "cases" in meta.trained_on and runs and all(r["steps"] > 0 for r in runs)
     held_out = meta.validation_dice.get("cases", {})
     for modality in meta.modalities:
