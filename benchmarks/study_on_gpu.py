@@ -122,6 +122,12 @@ def main() -> int:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--steps", type=int, help="N, as an earlier call chose it: resume its study, no probe")
     parser.add_argument("--stop-after-s", type=float, help="with --steps: begin no task after this")
+    # one long run instead of the whole study, e.g. a held-out estimate of the shipped recipe:
+    # --workers 1 (its batches then drawn by every other core) --only-fold 0 --repetitions 1
+    parser.add_argument("--variants", nargs="+", default=list(StudyConfig.variants))
+    parser.add_argument("--protocols", nargs="+", default=list(StudyConfig.protocols))
+    parser.add_argument("--only-fold", type=int, help="train and test this fold alone")
+    parser.add_argument("--augment", help="the preset's augmentation changed, field=value,... (AugmentationConfig)")
     args = parser.parse_args()
     if args.write_bundle:
         data = StudyConfig(out_dir=args.work, ct=args.data / "abdomen-ct-btcv", mr=args.data / "abdomen-mr-chaos-t2",
@@ -134,7 +140,8 @@ def main() -> int:
         parser.error("give --bundle, --out and --budget-s or --steps (or --write-bundle)")
     args.out.mkdir(parents=True, exist_ok=True)
     study = StudyConfig(out_dir=args.work, bundle=args.bundle, batch_size=args.batch_size, workers=args.workers,
-                        device=args.device, repetitions=args.repetitions)
+                        device=args.device, repetitions=args.repetitions, variants=tuple(args.variants),
+                        protocols=tuple(args.protocols), only_fold=args.only_fold, augment=args.augment)
 
     study = (replace(study, steps=args.steps, shipping_steps=args.shipping_ratio * args.steps,
                      stop_after_s=args.stop_after_s) if args.steps else fit_to_budget(args, study))

@@ -274,7 +274,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"mmseg train: none of --init-weights is a {args.variant} network for "
                              f"{'/'.join(modalities)}")
         run = TrainingRun(args.variant, preset, Path(args.out), modalities, args.device, args.steps, seed,
-                          progress_bar=not args.quiet, init_weights=starts.get(modalities))
+                          progress_bar=not args.quiet, init_weights=starts.get(modalities),
+                          sampler_workers=args.sampler_workers)
         weights = train(run, train_cases, val_cases, log=log)
         print(f"wrote {weights} (log: {log_path})")
     return 0
@@ -368,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change the preset's augmentation, e.g. p_coarse=0 (no coarse patches, so no context "
                    "pass); the fields of AugmentationConfig")
     p.add_argument("--seed", type=int)
+    p.add_argument("--sampler-workers", type=int, metavar="N",
+                   help="processes drawing training batches beside the trainer (default: every other core on "
+                   "a GPU, none on the CPU); they change the speed, never the batches")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 

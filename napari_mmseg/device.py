@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import platform
 from contextlib import AbstractContextManager, nullcontext
@@ -93,10 +94,7 @@ def tune_cpu() -> None:
     instead of mapping them anew, and keep numpy's large arrays off on-the-spot memory
     compaction."""
     limit = os.environ.get("OMP_NUM_THREADS", "")
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
+    n = usable_cores()
     if limit.isdigit() and int(limit) > 0:
         n = min(n, int(limit))
     if torch.get_num_threads() != n:
@@ -106,6 +104,26 @@ def tune_cpu() -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BLOCKS_UP_TO)
         libc.mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP_BLOCKS_UP_TO)
     _numpy_without_hugepage_advice()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (containers often limit them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def sampler_workers(device: torch.device) -> int:
+    """Processes that draw training batches beside the one that trains (`patch_stream`): on a
+    GPU every core but the trainer's, since drawing a batch takes a core far longer than the
+    GPU's step. On the CPU none: there the network's step takes ten times a batch's drawing,
+    and on this project's 2-core machine a worker beside a 2-thread trainer made it 7-9 %
+    slower (`benchmarks/bench_training_stream.py`). None in a pool's worker process either,
+    which may not start processes of its own and shares the cores already."""
+    if device.type == "cpu" or multiprocessing.current_process().daemon:
+        return 0
+    return max(usable_cores() - 1, 0)
 
 
 def one_thread_per_worker() -> None:

@@ -20,11 +20,12 @@ from monai.losses import DiceCELoss, DiceLoss
 from .config import Preset
 from .context_grid import context_weight
 from .datasets import LabelledCase
-from .device import mixed_precision, place, resolve_device, tune_cpu
+from .device import mixed_precision, place, resolve_device, sampler_workers, tune_cpu
 from .inference import labels_on_model_grid, predict_scan
 from .metrics import dice_scores
 from .networks import MultiModalFCN
 from .organs import MODALITIES
+from .patch_stream import training_batches
 from .training_data import PatchSampler, PreparedCase, fit_normalization, prepare_case
 from .weights import ModelMetadata, lineage, load_weights, read_metadata, save_weights
 
@@ -44,6 +45,9 @@ class TrainingRun:
     # start from these weights (fine-tuning, e.g. the shipped files with a new recipe); the
     # optimiser and the learning-rate schedule start afresh
     init_weights: Path | None = None
+    # processes drawing batches beside the trainer (`patch_stream`); None: as the device
+    # suits (`device.sampler_workers`). They change the speed, never the batches.
+    sampler_workers: int | None = None
 
     @property
     def total_steps(self) -> int:
@@ -54,13 +58,6 @@ class TrainingRun:
         if self.variant == "individual":
             return f"individual-{self.modalities[0].lower()}"
         return self.variant
-
-
-def modality_for_step(step: int, modalities: tuple[str, ...]) -> str:
-    """Alternating batches: MR on even steps, CT on odd ones (or the one modality)."""
-    if len(modalities) == 1:
-        return modalities[0]
-    return ("MR", "CT")[step % 2]
 
 
 def train_step(
@@ -153,10 +150,9 @@ def train_prepared(
             raise ValueError(f"No {m} training cases: variant {run.variant} needs them.")
     norms = {m: fit_normalization(m, prepared[m]) for m in run.modalities}
     context = context_weight(cfg.augmentation)  # how the network will be run: validated so too
-    samplers = {
-        m: PatchSampler(prepared[m], norms[m], cfg.patch_size, cfg, rng, device if device.type == "cuda" else None)
-        for m in run.modalities
-    }
+    workers = sampler_workers(device) if run.sampler_workers is None else run.sampler_workers
+    resample_on = device if device.type == "cuda" and workers == 0 else None
+    samplers = {m: PatchSampler(prepared[m], norms[m], cfg.patch_size, cfg, rng, resample_on) for m in run.modalities}
     if cfg.augmentation.enabled and cfg.augmentation.p_ct_as_mr > 0 and set(run.modalities) == {"CT", "MR"}:
         samplers["MR"].guest = samplers["CT"].shown_as_mr(norms["MR"])
 
@@ -182,7 +178,6 @@ def train_prepared(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
-        rng.bit_generator.state = json.loads(state["rng"])
         if rank == 0:
             log(f"resumed {run.name} at step {step}")
     train_model = model
@@ -198,10 +193,12 @@ def train_prepared(
     history: list[dict] = []
     scores: dict = {}
     model.train()
-    while step < run.total_steps:
-        modality = modality_for_step(step, run.modalities)
-        xs, ys = samplers[modality].sample(cfg.batch_size)
-        x, y = place(torch.from_numpy(xs), device), torch.from_numpy(ys).to(device)
+    if rank == 0 and workers:
+        log(f"{run.name}: batches drawn by {workers} worker processes")
+    batches = training_batches(samplers, run.modalities, cfg.batch_size, cfg.seed, rank, step, run.total_steps,
+                               workers, pin_memory=device.type == "cuda")
+    for _, modality, xs, ys in batches:
+        x, y = place(xs, device), ys.to(device)
         lr = base_lr * (1 - step / run.total_steps) ** 0.9 if cfg.lr_schedule == "poly" else base_lr
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -214,11 +211,7 @@ def train_prepared(
             continue
         if step % cfg.checkpoint_every == 0 or step == run.total_steps:
             tmp = checkpoint.with_suffix(".tmp")
-            torch.save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "rng": json.dumps(rng.bit_generator.state)},
-                tmp,
-            )
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
             os.replace(tmp, checkpoint)
         if any(held_out.values()) and (step % cfg.validate_every == 0 or step == run.total_steps):
             scores = validate(model, held_out, norms, cfg.patch_size, cfg.spacing_mm, device, context)

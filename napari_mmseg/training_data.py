@@ -207,8 +207,8 @@ class PatchSampler:
         lo, hi, mean, std = norm.foreground_statistics(body)
         return ((np.clip(u, lo, hi) - mean) / max(std, 1e-6)).astype(np.float32)
 
-    def _one(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        p, rng, aug = self.patch, self.rng, self.aug
+    def _one(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        p, aug = self.patch, self.aug
         if len(self.cases) > self.n_fine and rng.random() < aug.p_coarse:
             i += self.n_fine
         case = self.cases[i]
@@ -276,13 +276,16 @@ class PatchSampler:
             lab[outside] = 0
         return x.astype(np.float32, copy=False), lab
 
-    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, batch: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`batch` patches drawn with `rng` (a training step's own: `patch_stream`), or with
+        the sampler's."""
+        rng = self.rng if rng is None else rng
         p = self.patch
         xs = np.empty((batch, 1, p, p, p), np.float32)
         ys = np.empty((batch, 1, p, p, p), np.int64)
         for b in range(batch):
-            if self.guest is not None and self.rng.random() < self.aug.p_ct_as_mr:
-                xs[b, 0], ys[b, 0] = self.guest._one(int(self.rng.integers(self.guest.n_fine)))
+            if self.guest is not None and rng.random() < self.aug.p_ct_as_mr:
+                xs[b, 0], ys[b, 0] = self.guest._one(int(rng.integers(self.guest.n_fine)), rng)
             else:
-                xs[b, 0], ys[b, 0] = self._one(int(self.rng.integers(self.n_fine)))
+                xs[b, 0], ys[b, 0] = self._one(int(rng.integers(self.n_fine)), rng)
         return xs, ys

@@ -15,8 +15,9 @@ from synthetic import write_dataset
 from napari_mmseg import config
 from napari_mmseg.config import NetworkConfig, Preset, TrainingConfig
 from napari_mmseg.datasets import load_dataset
+from napari_mmseg.patch_stream import modality_for_step
 from napari_mmseg.preprocessing import IntensityNorm
-from napari_mmseg.training import TrainingRun, modality_for_step, split_cases, train
+from napari_mmseg.training import TrainingRun, split_cases, train
 from napari_mmseg.training_data import PatchSampler, PreparedCase
 from napari_mmseg.weights import load_weights
 
