@@ -9,6 +9,10 @@ and no SimpleITK: nothing on this path reads a scan, so a stand-in module takes 
     python benchmarks/study_on_gpu.py --write-bundle .study/bundle.npz --data ../shared/data
     # there
     python benchmarks/study_on_gpu.py --bundle .study/bundle.npz --out $OUT --budget-s 525
+    # or one long held-out run of the shipped recipe (its weights come back too)
+    python benchmarks/study_on_gpu.py --bundle .study/bundle.npz --out $OUT --workers 1 --steps 6000 \\
+        --only-fold 0 --repetitions 1 --variants msbn --protocols equal-exposure --shipping-ratio 0 \\
+        --augment p_enlarge=0.5,p_slab=0.3
 """
 
 from __future__ import annotations
@@ -56,12 +60,13 @@ def probe(steps: int) -> float:
     return time.perf_counter() - t
 
 
-def pack(study_dir: Path, out: Path) -> None:
-    """Scores, curves and logs in one archive; the shipping weights in archives under 16 MB."""
+def pack(study_dir: Path, out: Path, fold_weights: bool = False) -> None:
+    """Scores, curves and logs in one archive; the shipping weights (and with `fold_weights`
+    the folds' too: starts for recipe trials on held-out patients) in archives under 16 MB."""
     runs = study_dir / "runs"
     small = [p for p in runs.rglob("*") if p.suffix in (".json", ".log") and p.is_file()]
     _tar(out / "results.tar", small, study_dir)
-    shipped = sorted((runs / "all-cases").glob("*.safetensors"))
+    shipped = sorted((runs if fold_weights else runs / "all-cases").rglob("*.safetensors"))
     batch: list[Path] = []
     for i, p in enumerate(shipped):
         batch.append(p)
@@ -148,10 +153,10 @@ def main() -> int:
 
     def progress(line: str) -> None:
         log(line, args.out)
-        pack(args.work, args.out)
+        pack(args.work, args.out, fold_weights=args.only_fold is not None)
 
     run_study(study, log=progress, report=False)
-    pack(args.work, args.out)
+    pack(args.work, args.out, fold_weights=args.only_fold is not None)
     log("done", args.out)
     return 0
 
