@@ -26,7 +26,7 @@ from monai.losses import DiceCELoss
 from napari_mmseg.config import PRESETS
 from napari_mmseg.device import place, resolve_device, tune_cpu, usable_cores
 from napari_mmseg.networks import MultiModalFCN
-from napari_mmseg.patch_stream import training_batches
+from napari_mmseg.patch_stream import resampling_device, training_batches
 from napari_mmseg.training import train_step
 from napari_mmseg.training_data import PatchSampler, fit_normalization, load_bundle
 
@@ -38,7 +38,7 @@ def steps_per_second(cases: list, workers: int, steps: int, device: torch.device
     preset = PRESETS["light"].with_augmentation(augment)
     cfg = replace(preset.training, batch_size=batch)
     rng = np.random.default_rng(0)
-    on = device if device.type == "cuda" and workers == 0 else None  # as `train_prepared` does
+    on = resampling_device(device, workers)
     samplers = {}
     for m in MODALITIES:
         mine = [c for c in cases if c.modality == m]

@@ -151,12 +151,14 @@ def main() -> int:
     study = (replace(study, steps=args.steps, shipping_steps=args.shipping_ratio * args.steps,
                      stop_after_s=args.stop_after_s) if args.steps else fit_to_budget(args, study))
 
+    fold_weights = args.only_fold is not None
+
     def progress(line: str) -> None:
         log(line, args.out)
-        pack(args.work, args.out, fold_weights=args.only_fold is not None)
+        pack(args.work, args.out, fold_weights)
 
     run_study(study, log=progress, report=False)
-    pack(args.work, args.out, fold_weights=args.only_fold is not None)
+    pack(args.work, args.out, fold_weights)
     log("done", args.out)
     return 0
 

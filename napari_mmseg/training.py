@@ -25,7 +25,7 @@ from .inference import labels_on_model_grid, predict_scan
 from .metrics import dice_scores
 from .networks import MultiModalFCN
 from .organs import MODALITIES
-from .patch_stream import training_batches
+from .patch_stream import resampling_device, training_batches
 from .training_data import PatchSampler, PreparedCase, fit_normalization, prepare_case
 from .weights import ModelMetadata, lineage, load_weights, read_metadata, save_weights
 
@@ -151,7 +151,7 @@ def train_prepared(
     norms = {m: fit_normalization(m, prepared[m]) for m in run.modalities}
     context = context_weight(cfg.augmentation)  # how the network will be run: validated so too
     workers = sampler_workers(device) if run.sampler_workers is None else run.sampler_workers
-    resample_on = device if device.type == "cuda" and workers == 0 else None
+    resample_on = resampling_device(device, workers)
     samplers = {m: PatchSampler(prepared[m], norms[m], cfg.patch_size, cfg, rng, resample_on) for m in run.modalities}
     if cfg.augmentation.enabled and cfg.augmentation.p_ct_as_mr > 0 and set(run.modalities) == {"CT", "MR"}:
         samplers["MR"].guest = samplers["CT"].shown_as_mr(norms["MR"])

@@ -24,11 +24,11 @@ def _samplers() -> dict[str, PatchSampler]:
     labels[5:12, 5:12, 5:12] = 3
     labels[20:35, 20:35, 20:35] = 1
     values = labels.astype(np.float32) * 60 + rng.normal(0, 5, labels.shape).astype(np.float32)
-    training = TrainingConfig(patch_size=16)  # the shipped recipe: every augmentation on
+    cfg = TrainingConfig(patch_size=16)  # the shipped recipe: every augmentation on
     norms = {"CT": IntensityNorm("window", window=(-125.0, 275.0), mean=0.0, std=100.0),
              "MR": IntensityNorm("foreground", percentiles=(0.5, 99.5))}
     return {m: PatchSampler([PreparedCase(f"toy-{m}", m, values + (m == "MR") * 100, labels)], norms[m], 16,
-                            training, rng) for m in ("CT", "MR")}
+                            cfg, rng) for m in ("CT", "MR")}
 
 
 def _draw(workers: int, first: int = 0, last: int = 7) -> list[tuple]:
