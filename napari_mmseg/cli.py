@@ -247,6 +247,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = preset.with_augmentation(args.augment)
     except ValueError as err:
         raise SystemExit(f"mmseg train --augment {args.augment}: {err}") from None
+    if args.sampler_workers is not None and args.sampler_workers < 0:
+        raise SystemExit(f"mmseg train --sampler-workers {args.sampler_workers}: give 0 (batches drawn by the "
+                         "trainer) or more worker processes")
     cases = []
     if args.ct:
         cases += load_dataset(args.ct, "CT")

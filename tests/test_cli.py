@@ -218,13 +218,15 @@ def test_train_refuses_start_weights_of_another_network(tmp_path, tiny_weights):
 
 def test_train_changes_the_augmentation_on_request_and_refuses_an_unknown_field_first(tmp_path, capsys):
     """`--augment p_coarse=0` trains without coarse patches, so the file carries no context pass;
-    a misspelt field is refused before any data is read."""
+    a misspelt field, or a negative number of batch workers, is refused before any data is read."""
     from synthetic import write_dataset
 
     from napari_mmseg.weights import read_metadata
 
     with pytest.raises(SystemExit, match="'p_coars' is not a probability"):
         main(["train", "--variant", "msbn", "--ct", str(tmp_path / "absent"), "--augment", "p_coars=0"])
+    with pytest.raises(SystemExit, match="--sampler-workers -1: give 0"):
+        main(["train", "--variant", "msbn", "--ct", str(tmp_path / "absent"), "--sampler-workers", "-1"])
     ct = write_dataset(tmp_path / "ct", "CT", 2)
     code, _, _ = run(capsys, "train", "--variant", "individual", "--ct", ct, "--steps", "1", "--batch-size", "1",
                      "--val-cases", "0", "--augment", "p_coarse=0,p_gamma=0", "--out", tmp_path / "run", "-q")
