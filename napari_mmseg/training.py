@@ -67,7 +67,7 @@ def train_step(
     """One optimisation step on one single-modality batch; returns the loss."""
     with mixed_precision(x.device, training=True) if mixed else nullcontext():
         logits = model(x, modality)
-    loss = loss_fn(logits.float(), y)
+    loss = loss_fn(logits.float(), y.long())  # labels travel as uint8: converted where they arrive
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

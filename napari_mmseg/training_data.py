@@ -282,7 +282,7 @@ class PatchSampler:
         rng = self.rng if rng is None else rng
         p = self.patch
         xs = np.empty((batch, 1, p, p, p), np.float32)
-        ys = np.empty((batch, 1, p, p, p), np.int64)
+        ys = np.empty((batch, 1, p, p, p), np.uint8)  # 1/8 of int64 through the workers' shared memory
         for b in range(batch):
             if self.guest is not None and rng.random() < self.aug.p_ct_as_mr:
                 xs[b, 0], ys[b, 0] = self.guest._one(int(rng.integers(self.guest.n_fine)), rng)

@@ -41,7 +41,7 @@ def test_workers_draw_the_trainers_batches_in_step_order():
     assert [(s, m) for s, m, _, _ in here] == [(s, ("MR", "CT")[s % 2]) for s in range(7)]
     assert [(s, m) for s, m, _, _ in two] == [(s, m) for s, m, _, _ in here]
     for (_, _, xa, ya), (_, _, xb, yb) in zip(here, two, strict=True):
-        assert xa.shape == (2, 1, 16, 16, 16) and ya.dtype == torch.int64
+        assert xa.shape == (2, 1, 16, 16, 16) and ya.dtype == torch.uint8
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(here[0][2], here[2][2]), "each step draws its own patches"
 
