@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from .confidence import probability_maps
-from .context_grid import coarsen, needs_context, refine
+from .context_grid import coarsen, refine, with_context
 from .contrast_shifts import invert
 from .device import mixed_precision, place, resolve_device, tune_cpu
 from .errors import Cancelled
@@ -174,10 +174,11 @@ def predict_scan(
     windows_seen: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Class probabilities on the model's grid for a scan's intensities there (a crop of the
-    canonical scan, not yet normalised): the sliding-window pass, blended with a pass on the
-    context grid (twice the spacing: `context_grid.py`) by `context_weight`, the share the
-    weights were trained and measured with (0: no context pass), when that pass finds an
-    organ much larger than the windows do. Also says whether it was blended.
+    canonical scan, not yet normalised): the sliding-window pass and, when a pass on the
+    context grid (twice the spacing) finds an organ much larger than the windows do, that
+    pass taken in as `context_grid.with_context` says: blended by `context_weight`, the
+    share the weights were trained and measured with (0: no context pass), or, when an organ
+    is twice as large there, filling the windows' background. Also says whether it was used.
 
     A scan shorter than one window along z (a slab: a breath-hold series, a small field of
     view) gets no context pass: the windows already see all of its length, and on 60 mm slabs
@@ -208,12 +209,7 @@ def predict_scan(
     del fine
     context = predict_probabilities(model, normalised(coarse), modality, patch, device, options,
                                     lambda f, s: report(share + (1 - share) * f, f"context {s}"), cancel, timings)
-    context = refine(context, probs.shape[1:])
-    if not needs_context(probs, context):
-        return probs, False
-    probs *= 1.0 - context_weight
-    probs += context_weight * context
-    return probs, True
+    return with_context(probs, refine(context, probs.shape[1:]), context_weight)
 
 
 @dataclass

@@ -5,7 +5,7 @@ import SimpleITK as sitk
 import torch
 from conftest import make_weights
 
-from napari_mmseg.context_grid import coarsen, coarsen_labels, needs_context, refine
+from napari_mmseg.context_grid import coarsen, coarsen_labels, refine, with_context
 from napari_mmseg.inference import InferenceOptions, predict_probabilities, predict_scan, segment_image
 from napari_mmseg.weights import load_weights, save_weights
 
@@ -45,12 +45,9 @@ def test_the_context_pass_is_blended_by_the_weights_share(tmp_path):
     seen = []
     probs, blended = predict_scan(model, raw, norm, "CT", patch, CPU, 0.25,
                                   progress=lambda f, s: seen.append((f, s)))
-    if needs_context(fine, context):
-        assert blended
-        np.testing.assert_allclose(probs, 0.75 * fine + 0.25 * context, atol=1e-5)
-    else:
-        assert not blended
-        np.testing.assert_allclose(probs, fine, atol=1e-6)
+    expected, used = with_context(fine.copy(), context, 0.25)
+    assert blended == used
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
     np.testing.assert_allclose(predict_scan(model, raw, norm, "CT", patch, CPU, 0.0)[0], fine, atol=1e-6)
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -67,19 +64,63 @@ def test_a_slab_shorter_than_a_window_gets_no_context_pass(tmp_path):
     np.testing.assert_allclose(probs, predict_probabilities(model, norm.apply(raw), "CT", patch, CPU), atol=1e-6)
 
 
+def _one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.eye(5, dtype=np.float32)[labels].transpose(3, 0, 1, 2)
+
+
 def test_the_context_pass_is_consulted_only_for_an_organ_the_windows_find_too_small():
-    fine = np.zeros((5, 10, 10, 10), np.float32)
-    fine[0] = 1.0
-    fine[:, :4] = 0.0
-    fine[2, :4] = 1.0  # a spleen of 400 voxels
-    context = fine.copy()
-    context[:, 4:5] = 0.0
-    context[2, 4:5] = 1.0  # 500: not much larger
-    assert not needs_context(fine, context)
-    context[:, 5:6] = 0.0
-    context[2, 5:6] = 1.0  # 600: 1.5×, as an enlarged spleen the windows call background
-    assert needs_context(fine, context)
-    assert not needs_context(context, fine)  # the windows finding more is no reason
+    labels = np.zeros((10, 10, 10), np.int64)
+    labels[:4] = 2  # a spleen of 400 voxels
+    fine = _one_hot(labels)
+    grown = labels.copy()
+    grown[4] = 2  # 500: not much larger
+    probs, used = with_context(fine.copy(), _one_hot(grown), 0.5)
+    assert not used and np.array_equal(probs, fine)
+    grown[5] = 2  # 600: 1.5×, as an enlarged spleen the windows call background
+    context = _one_hot(grown)
+    probs, used = with_context(fine.copy(), context, 0.5)
+    assert used
+    np.testing.assert_allclose(probs, 0.5 * fine + 0.5 * context)
+    assert not with_context(context.copy(), fine, 0.5)[1]  # the windows finding more is no reason
+
+
+def test_an_organ_twice_as_large_in_the_context_pass_fills_only_the_windows_background():
+    labels = np.zeros((10, 10, 10), np.int64)
+    labels[:3] = 2  # the windows' spleen: 300 voxels
+    labels[8:] = 1  # and liver
+    labels[3, :, :5] = 4  # a left kidney of 50 voxels
+    fine = _one_hot(labels) * 0.9 + 0.02
+    grown = labels.copy()
+    grown[3:9] = 2  # the context's spleen: 900 voxels, over background, the kidney and one slice of liver
+    grown[9, :, :8] = 4  # its left kidney: 80 voxels (1.6×), in the windows' liver
+    grown[2, :, :8] = 3  # a right kidney of 80 voxels the windows do not find, in their spleen
+    context = _one_hot(grown) * 0.8 + 0.04
+    probs, used = with_context(fine.copy(), context, 0.5)
+    assert used
+    filled = (labels == 0) & (grown == 2)
+    np.testing.assert_array_equal(probs[:, filled], context[:, filled])  # the background inside: the context's
+    np.testing.assert_array_equal(probs[:, ~filled], fine[:, ~filled])  # the rest as the windows said, unblended
+    assert (probs.argmax(axis=0) == 2).sum() == 300 + 450 and (probs.argmax(axis=0) == 4).sum() == 50
+
+
+def test_an_organ_grown_less_than_twice_keeps_the_blend_and_more_fills_every_grown_organ():
+    labels = np.zeros((10, 10, 10), np.int64)
+    labels[:2] = 2  # spleen 200
+    labels[9, :, :5] = 4  # left kidney 50
+    grown = labels.copy()
+    grown[2:5] = 2  # spleen 500: 2.5×
+    grown[8, :, :5] = 4  # left kidney 100: 2×, grown as much as the gate asks
+    probs, _ = with_context(_one_hot(labels), _one_hot(grown), 0.5)
+    assert ((probs.argmax(axis=0) == 2).sum(), (probs.argmax(axis=0) == 4).sum()) == (500, 100)
+    grown[4] = 0  # spleen 400 (2×) and kidney 100 (2×): still filled
+    assert (with_context(_one_hot(labels), _one_hot(grown), 0.5)[0].argmax(axis=0) == 2).sum() == 400
+    grown[3] = 0  # spleen 300 (1.5×), kidney 2×: the kidney alone is reason to fill
+    probs, _ = with_context(_one_hot(labels), _one_hot(grown), 0.5)
+    assert (probs.argmax(axis=0) == 2).sum() == 300
+    grown[8, :, :5] = 0
+    grown[8, :, :2] = 4  # kidney 70 (1.4×), spleen 1.5×: blended
+    probs, _ = with_context(_one_hot(labels), _one_hot(grown), 0.5)
+    np.testing.assert_allclose(probs, 0.5 * _one_hot(labels) + 0.5 * _one_hot(grown))
 
 
 def test_weights_with_a_context_pass_segment_a_scan(tmp_path):
