@@ -73,7 +73,8 @@ class Segmentation:
     confidence: sitk.Image | None = None  # largest class probability per voxel
     uncertainty: sitk.Image | None = None  # normalised entropy per voxel, 0 (sure) to 1
     timings: dict[str, float] = field(default_factory=dict)
-    # the context pass found an organ much larger than the windows did, and was blended in
+    # the context pass found an organ much larger than the windows did, and was taken in
+    # (blended, or filling the windows' background: `context_grid.with_context`)
     context_blended: bool = False
     polarity: PolarityChoice | None = None  # MR: the scan read as given and inverted
 
@@ -85,7 +86,7 @@ class Segmentation:
     def notes(self) -> tuple[str, ...]:
         """For the user: how the labels were made, where that was not the plain way."""
         context = ("an organ looked larger than the sliding windows could see whole: the whole-abdomen "
-                   "context pass was blended in")
+                   "context pass was used for it")
         return tuple(n for n in (context if self.context_blended else "",
                                  self.polarity.note if self.polarity else "") if n)
 

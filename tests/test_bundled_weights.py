@@ -63,7 +63,7 @@ def test_the_default_networks_context_pass_finds_an_enlarged_spleen(data_dir):
     """A CT with its spleen magnified 2× in length (2.9 l, the proxy for the 3-litre spleen
     of issue 10): the sliding windows alone call nearly all of it background (spleen Dice
     0.05 with the file of 2026-11-30); the context pass (twice the spacing) sees it whole,
-    is blended in, and finds most of it (0.65). A training patient (btcv_06): this checks
+    is taken in, and finds most of it (0.65). A training patient (btcv_06): this checks
     the mechanism; the recipe trial measures it on held-out ones (docs/results.md)."""
     import torch
 
