@@ -188,6 +188,12 @@ def summary(variant: Variant, rows: list[Row]) -> dict[str, float | None]:
     }
 
 
+def mean_of_summary(s: dict[str, float | None]) -> float | None:
+    """The mean of the eight summary columns: the number the rules between training rounds compare."""
+    values = [s[c] for c in SUMMARY_COLUMNS]
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
 def fmt(x: float | None) -> str:
     return "–" if x is None or np.isnan(x) else f"{x:.3f}"
 
@@ -224,12 +230,12 @@ def variant_table(variant: Variant, rows: list[Row]) -> str:
 
 
 def cross_table(variants: list[Variant], rows: list[Row]) -> str:
-    lines = ["| variant | " + " | ".join(SUMMARY_COLUMNS) + " | cases held out |",
-             "|---|" + "---|" * (len(SUMMARY_COLUMNS) + 1)]
+    lines = ["| variant | " + " | ".join(SUMMARY_COLUMNS) + " | mean of 8 | cases held out |",
+             "|---|" + "---|" * (len(SUMMARY_COLUMNS) + 2)]
     for v in variants:
         s = summary(v, [r for r in rows if r.variant == v.name])
         lines.append(f"| {v.name} | " + " | ".join(fmt(s[c]) for c in SUMMARY_COLUMNS)
-                     + f" | {'no (trained on)' if v.trained_on_cases else 'yes'} |")
+                     + f" | {fmt(mean_of_summary(s))} | {'no (trained on)' if v.trained_on_cases else 'yes'} |")
     return "\n".join(lines)
 
 
@@ -281,11 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
     if args.json:
+        summaries = {v.name: summary(v, [r for r in rows if r.variant == v.name]) for v in variants}
         args.json.write_text(json.dumps(without_nan({
             "organs": [o.name for o in ORGANS], "seed": args.seed, "device": args.device, "seconds": round(seconds, 1),
             "variants": [{"name": v.name, "files": {m: str(lm.path) for m, lm in v.models.items()},
                           "cases": v.cases, "trained_on_cases": v.trained_on_cases,
-                          "summary": summary(v, [r for r in rows if r.variant == v.name])} for v in variants],
+                          "summary": summaries[v.name], "mean_of_8": mean_of_summary(summaries[v.name])}
+                         for v in variants],
             "rows": [asdict(r) for r in rows], "notes": notes,
         }), indent=1, allow_nan=False), encoding="utf-8")
     return 0
