@@ -207,7 +207,7 @@ def held_out_note(variant: Variant) -> str:
     return f"Cases {listed}: held out from these weights' training."
 
 
-def variant_table(variant: Variant, rows: list[Row]) -> str:
+def variant_table(variant: Variant, rows: list[Row], s: dict[str, float | None]) -> str:
     files = ", ".join(sorted({str(m.path) for m in variant.models.values()}))
     lines = [f"### {variant.name}", "", f"Weights: {files}. {held_out_note(variant)}", "",
              "| modality | condition | scans | " + " | ".join(o.display_name for o in ORGANS) + " | mean |",
@@ -219,7 +219,6 @@ def variant_table(variant: Variant, rows: list[Row]) -> str:
             organ = mean_row(group)
             cells = " | ".join(fmt(d) for d in organ)
             lines.append(f"| {modality} | {condition} | {len(group)} | {cells} | {fmt(np.nanmean(organ))} |")
-    s = summary(variant, rows)
     lines += ["", "Summary (mean Dice): " + ", ".join(f"{k} {fmt(v)}" for k, v in s.items() if v is not None)]
     warned = {}
     for r in rows:
@@ -229,11 +228,11 @@ def variant_table(variant: Variant, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def cross_table(variants: list[Variant], rows: list[Row]) -> str:
+def cross_table(variants: list[Variant], summaries: dict[str, dict[str, float | None]]) -> str:
     lines = ["| variant | " + " | ".join(SUMMARY_COLUMNS) + " | mean of 8 | cases held out |",
              "|---|" + "---|" * (len(SUMMARY_COLUMNS) + 2)]
     for v in variants:
-        s = summary(v, [r for r in rows if r.variant == v.name])
+        s = summaries[v.name]
         lines.append(f"| {v.name} | " + " | ".join(fmt(s[c]) for c in SUMMARY_COLUMNS)
                      + f" | {fmt(mean_of_summary(s))} | {'no (trained on)' if v.trained_on_cases else 'yes'} |")
     return "\n".join(lines)
@@ -281,13 +280,14 @@ def main(argv: list[str] | None = None) -> int:
         "CT and MR, reference labels made by TotalSegmentator (a model, not manual); the MR is not T2. "
         "Dice per organ averaged over the scans; \"shifted\" in the summaries: the mean over the shifted rows."
     )
-    text = "\n\n".join([header, *(variant_table(v, [r for r in rows if r.variant == v.name]) for v in variants),
-                        "### All variants (mean Dice)", cross_table(variants, rows), *notes])
+    own = {v.name: [r for r in rows if r.variant == v.name] for v in variants}
+    summaries = {v.name: summary(v, own[v.name]) for v in variants}
+    text = "\n\n".join([header, *(variant_table(v, own[v.name], summaries[v.name]) for v in variants),
+                        "### All variants (mean Dice)", cross_table(variants, summaries), *notes])
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
     if args.json:
-        summaries = {v.name: summary(v, [r for r in rows if r.variant == v.name]) for v in variants}
         args.json.write_text(json.dumps(without_nan({
             "organs": [o.name for o in ORGANS], "seed": args.seed, "device": args.device, "seconds": round(seconds, 1),
             "variants": [{"name": v.name, "files": {m: str(lm.path) for m, lm in v.models.items()},
