@@ -17,12 +17,13 @@ from napari_mmseg.weights import bundled_weights, load_weights
 FAST = InferenceOptions(device="cpu", check_orientation=False, uncertainty=False)
 
 
-def test_organ_confidence_is_the_mean_top_probability_over_organ_voxels():
+def test_organ_confidence_averages_each_organs_mean_top_probability():
     probs = np.zeros((5, 2, 4, 4), np.float32)
     probs[0] = 0.6  # background wins here, with 0.6: not counted
     probs[1] = 0.4
-    probs[:, 0, 0] = np.array([0.1, 0.9, 0.0, 0.0, 0.0])[:, None]  # 4 liver voxels at 0.9
+    probs[:, 0] = np.array([0.1, 0.9, 0.0, 0.0, 0.0])[:, None, None]  # 16 liver voxels at 0.9
     probs[:, 1, 0] = np.array([0.3, 0.0, 0.0, 0.7, 0.0])[:, None]  # 4 right kidney voxels at 0.7
+    # each organ once, not each voxel: (0.9 + 0.7) / 2, not (16 × 0.9 + 4 × 0.7) / 20
     assert organ_confidence(probs) == pytest.approx(0.8)
     assert organ_confidence(np.eye(5, dtype=np.float32)[[0]].T[..., None, None]) == 0.0
 
