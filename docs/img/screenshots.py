@@ -66,7 +66,7 @@ def start(sample: str):
     z = int(np.argmax(kidney.sum(axis=(1, 2))))
     viewer.dims.set_point(0, viewer.layers[scan].data_to_world((z, 0, 0))[0])
     viewer.reset_view()
-    viewer.camera.zoom *= 0.85  # the canvas is taller than wide: the whole width in view
+    viewer.scene.camera.zoom *= 0.85  # the canvas is taller than wide: the whole width in view
     settle()
     return viewer, reference, z
 
