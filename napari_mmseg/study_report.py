@@ -120,7 +120,7 @@ def format_difference(c: dict) -> str:
 
 def headline(rows: list[dict]) -> tuple[list[str], list[dict]]:
     """Mean Dice per arm and the difference to individual, for CT and MR, in-domain, shifted
-    and on the TotalSegmentator examples."""
+    and on the TotalSegmentator examples; an arm's mean alone where individual was not run."""
     lines, records = [], []
     for modality in ("CT", "MR"):
         lines += [f"### {modality}", "", "| network | " + " | ".join(label for _, label in KINDS) + " |",
@@ -129,8 +129,9 @@ def headline(rows: list[dict]) -> tuple[list[str], list[dict]]:
             cells = []
             for kind, _ in KINDS:
                 c = compare(rows, arm, modality, kind)
-                if c is None:
-                    cells.append("–")
+                if c is None:  # no individual network to compare with (or no scores): its own mean
+                    own = _scored(rows, arm, modality, kind)
+                    cells.append(f"{np.mean(list(own.values())):.3f}" if own else "–")
                     continue
                 records.append(c)
                 cells.append(f"{c['dice']:.3f}" if arm == BASELINE else f"{c['dice']:.3f}<br>{format_difference(c)}")
@@ -238,7 +239,9 @@ def write_report(out: Path, study: StudyConfig) -> Path:
              "model's grid. Differences: to `individual`, paired over the same patients, organs, repetitions and "
              "conditions; [95 % bootstrap interval, patients resampled], Wilcoxon signed-rank p over "
              "patient-organ pairs. The TotalSegmentator examples are one scan each (labels made by a model): "
-             "no interval.", "", "## Headline", ""] + head
+             "no interval." + ("" if any(arm == BASELINE for arm in arms(rows)) else
+                                " `individual` is not in this study: the headline gives each network's mean "
+                                "Dice, without a difference."), "", "## Headline", ""] + head
     lines += ["## Difference to individual, repetition by repetition", ""] + repetition_table(records) + [""]
     lines += ["## Per organ", ""] + organ_tables(rows) + organ_tables(rows, "shifted")
     lines += ["## Per contrast shift (mean Dice)", ""] + condition_table(rows) + [""]

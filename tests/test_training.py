@@ -251,6 +251,23 @@ def test_paired_comparison_statistics():
     assert compare(rows, ("joint", "equal-exposure"), "MR", "in-domain") is None
 
 
+def test_headline_without_individual_gives_each_networks_mean():
+    """A study of multi-modal networks only (no baseline to compare with) still reads: each
+    network's mean Dice, where it was scored, and "–" only where it was not."""
+    from napari_mmseg.study_report import headline
+
+    rows = [{"repetition": 0, "fold": 0, "case": f"c{case}", "organ": "liver", "condition": "as is",
+             "kind": "in-domain", "modality": "CT", "variant": variant, "protocol": "equal-exposure",
+             "dice": dice + 0.01 * case, "bn_statistics": "shared"}
+            for case in range(4) for variant, dice in (("msbn", 0.80), ("joint", 0.70))]
+    lines, records = headline(rows)
+    table = {line.split(" | ")[0].lstrip("| "): line for line in lines[:7] if line.startswith("| ")}
+    assert table["msbn (equal-exposure)"].split(" | ")[1] == "0.815"
+    assert table["joint (equal-exposure)"].split(" | ")[1] == "0.715"
+    assert table["msbn (equal-exposure)"].split(" | ")[2] == "–"  # no shifted scores
+    assert records == []  # nothing compared
+
+
 def test_bundle_keeps_cases(tmp_path):
     from napari_mmseg.training_data import load_bundle, save_bundle
 
