@@ -192,15 +192,18 @@ def spatial_grid(
     patch: int, cfg: AugmentationConfig, rng: np.random.Generator, margin: int, device: torch.device | None = None
 ) -> torch.Tensor:
     """Sampling grid (1, p, p, p, 3) into a crop of `patch + 2 * margin` voxels per axis:
-    a small rotation about each axis and an isotropic scaling around the crop's centre."""
+    a small rotation about each axis and a scaling around the crop's centre, isotropic unless
+    `cfg.anisotropy`; every factor is positive, so nothing is ever mirrored."""
     angles = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg, 3))
-    s = _uniform(rng, cfg.scale)
+    scales = np.full(3, _uniform(rng, cfg.scale))
+    if cfg.anisotropy:  # drawn only when asked: the default recipe's random stream stays as it was
+        scales *= np.exp(rng.uniform(-cfg.anisotropy, cfg.anisotropy, 3))
     cz, cy, cx = np.cos(angles)
     sz, sy, sx = np.sin(angles)
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    matrix = (rz @ ry @ rx) * s * (patch / (patch + 2 * margin))
+    matrix = (rz @ ry @ rx) @ np.diag(scales) * (patch / (patch + 2 * margin))
     theta = torch.zeros(1, 3, 4)
     theta[0, :, :3] = torch.from_numpy(matrix.astype(np.float32))
     return F.affine_grid(theta.to(device), [1, 1, patch, patch, patch], align_corners=False)

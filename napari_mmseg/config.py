@@ -94,6 +94,11 @@ class AugmentationConfig:
     p_spatial: float = 0.5
     rotate_deg: float = 10.0
     scale: tuple[float, float] = (0.85, 1.15)
+    # each axis scaled by a further exp(±this) of its own, so organs also change shape (a liver
+    # whose left lobe reaches further across). Off: at 0.15 for 800 steps the held-out MR liver
+    # rose 0.846 -> 0.852 but MR as is fell 0.009, one patient's spleen split in two
+    # (docs/results.md, "Twenty-sixth session")
+    anisotropy: float = 0.0
     # of the rotated and scaled patches: a region magnified (organs larger than any we have).
     # At 0.5 for 800 steps the trial lost 0.02 on CT as is; at 0.25 for 2000 steps it gained
     # +0.05 (CT) and +0.09 (MR) with the spleen enlarged, and the two real enlarged MR spleens

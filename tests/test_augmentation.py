@@ -109,14 +109,15 @@ def test_curves_keep_air_dark_and_take_every_form():
     assert forms == {"up", "down", "neither"}, "monotone, inverted and non-monotone contrasts are all seen"
 
 
-def test_spatial_augmentation_moves_image_and_labels_together_and_never_mirrors():
+@pytest.mark.parametrize("anisotropy", [0.0, 0.3], ids=["isotropic", "anisotropic"])
+def test_spatial_augmentation_moves_image_and_labels_together_and_never_mirrors(anisotropy):
     """With rotation and scaling always on, voxels well inside an organ keep the organ's
     intensity, and the right kidney stays at the patient's right (smaller x) of the left one."""
     case = organ_phantom()
     training = TrainingConfig(noise_sigma=0.0, offset_sigma=0.0,
                               augmentation=AugmentationConfig(p_class_wise=0, p_curve=0, p_convolutional=0, p_gamma=0,
                                                               p_bias=0, p_blur=0, p_thick_slices=0, p_slab=0,
-                                                              p_spatial=1.0,
+                                                              p_spatial=1.0, anisotropy=anisotropy,
                                                               ct_window_shift_hu=0, ct_window_scale=(1, 1)))
     sampler = PatchSampler([case], CT_NORM, 32, training, np.random.default_rng(1))
     both = 0
@@ -132,6 +133,19 @@ def test_spatial_augmentation_moves_image_and_labels_together_and_never_mirrors(
             both += 1
             assert np.nonzero(lab == 3)[2].mean() < np.nonzero(lab == 4)[2].mean()
     assert both > 0, "no patch held both kidneys: the test proved nothing"
+
+
+def test_anisotropic_scaling_changes_each_axis_on_its_own_and_isotropic_does_not():
+    """The sampling grid's span along each axis (no rotation): equal when isotropic, unequal
+    with `anisotropy`, and positive either way (a negative span would mirror the patch)."""
+    spans = {}
+    for anisotropy in (0.0, 0.3):
+        cfg = AugmentationConfig(rotate_deg=0.0, anisotropy=anisotropy)
+        grid = aug.spatial_grid(32, cfg, np.random.default_rng(3), margin=6)[0]
+        spans[anisotropy] = (grid[-1, -1, -1] - grid[0, 0, 0]).numpy()
+        assert (spans[anisotropy] > 0).all()
+    assert np.ptp(spans[0.0]) < 1e-5
+    assert np.ptp(spans[0.3]) > 0.02
 
 
 @pytest.mark.parametrize("appearance", [ALWAYS, replace(ALWAYS, p_curve=0.0)], ids=["curve", "convolutional"])
