@@ -239,7 +239,7 @@ def write_report(out: Path, study: StudyConfig) -> Path:
              "model's grid. Differences: to `individual`, paired over the same patients, organs, repetitions and "
              "conditions; [95 % bootstrap interval, patients resampled], Wilcoxon signed-rank p over "
              "patient-organ pairs. The TotalSegmentator examples are one scan each (labels made by a model): "
-             "no interval." + ("" if any(arm == BASELINE for arm in arms(rows)) else
+             "no interval." + ("" if BASELINE in arms(rows) else
                                 " `individual` is not in this study: the headline gives each network's mean "
                                 "Dice, without a difference."), "", "## Headline", ""] + head
     lines += ["## Difference to individual, repetition by repetition", ""] + repetition_table(records) + [""]
