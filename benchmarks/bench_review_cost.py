@@ -29,9 +29,9 @@ SIZE = (512, 512, 300)
 
 def one(scan: Path, maps: bool) -> dict:
     from napari_mmseg.device import tune_cpu
-    from napari_mmseg.inference import InferenceOptions, segment_image
-    from napari_mmseg.scan_io import read_scan
-    from napari_mmseg.weights import bundled_weights, load_weights
+    from napari_mmseg.inference.segment import InferenceOptions, segment_image
+    from napari_mmseg.io.scan_io import read_scan
+    from napari_mmseg.models.weights import bundled_weights, load_weights
 
     tune_cpu()
     loaded = load_weights(bundled_weights("individual", "CT"))

@@ -35,11 +35,11 @@ import torch
 from validate_weights import labelled_cases, score, totalseg_cases
 
 from napari_mmseg.contrast_shifts import apply_shift, shifts_for
-from napari_mmseg.datasets import LabelledCase
-from napari_mmseg.experiment import ENLARGED_SPLEEN, ENLARGED_SPLEEN_FACTOR
-from napari_mmseg.organ_enlargement import enlarge_organ
+from napari_mmseg.io.datasets import LabelledCase
+from napari_mmseg.models.weights import LoadedModel, bundled_weights_dir, load_weights
 from napari_mmseg.organs import MODALITIES, ORGAN_BY_NAME, ORGANS
-from napari_mmseg.weights import LoadedModel, bundled_weights_dir, load_weights
+from napari_mmseg.study.experiment import ENLARGED_SPLEEN, ENLARGED_SPLEEN_FACTOR
+from napari_mmseg.training.organ_enlargement import enlarge_organ
 
 # The session-1 hold-out (seeded shuffle, seed 0), used when the weights name no cases.
 DEFAULT_CASES = {"CT": ["btcv_23", "btcv_05"], "MR": ["chaos_05", "chaos_33"]}
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         f"cores {len(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()}, seed {args.seed}, "
         f"{seconds:.0f} s.\n\nShifted rows are the same cases under contrast shifts made here "
         "(`napari_mmseg.contrast_shifts`): proxies, not real unseen scans. Enlarged rows: the same cases with "
-        "the spleen magnified about its centre (`napari_mmseg.organ_enlargement`), labels warped with it"
+        "the spleen magnified about its centre (`napari_mmseg.training.organ_enlargement`), labels warped with it"
         f"{ENLARGE_ALL_NOTE if args.enlarge_all else ''}. "
         "TotalSegmentator rows: its example "
         "CT and MR, reference labels made by TotalSegmentator (a model, not manual); the MR is not T2. "

@@ -37,16 +37,16 @@ from monai.inferers import sliding_window_inference
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_mmseg.config import PRESETS
-from napari_mmseg.datasets import LabelledCase, label_map_from_names, load_nnunet_dataset
 from napari_mmseg.device import mixed_precision, place, resolve_device, tune_cpu
 from napari_mmseg.errors import DeviceError, WeightsError
-from napari_mmseg.inference import InferenceOptions, segment_image
+from napari_mmseg.inference.segment import InferenceOptions, segment_image
+from napari_mmseg.io.datasets import LabelledCase, label_map_from_names, load_nnunet_dataset
+from napari_mmseg.io.scan_io import read_scan, write_labels
 from napari_mmseg.metrics import dice_scores, mean_dice
-from napari_mmseg.networks import MultiModalFCN
+from napari_mmseg.models.dual_stream import MultiModalFCN
+from napari_mmseg.models.weights import LoadedModel, ModelMetadata, build_model, bundled_weights, load_weights
 from napari_mmseg.organs import ORGANS
 from napari_mmseg.preprocessing import probabilities_to_native, to_canonical
-from napari_mmseg.scan_io import read_scan, write_labels
-from napari_mmseg.weights import LoadedModel, ModelMetadata, build_model, bundled_weights, load_weights
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORKLOADS = ("ts-ct", "ts-mr", "btcv", "chaos", "synthetic", "full-size")
@@ -490,8 +490,8 @@ def run_training(args: argparse.Namespace) -> dict:
     preset's batch, on 2 prepared CT cases."""
     from monai.losses import DiceCELoss, DiceLoss
 
-    from napari_mmseg.training import train_step
-    from napari_mmseg.training_data import PatchSampler, fit_normalization, prepare_case
+    from napari_mmseg.training.trainer import train_step
+    from napari_mmseg.training.training_data import PatchSampler, fit_normalization, prepare_case
 
     cfg = PRESETS["light"].training
     device = resolve_device(args.device)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Training speed with the batches drawn in the trainer or in worker processes
-(`napari_mmseg.patch_stream`): steps per second of the real loop (draw a batch, one
+(`napari_mmseg.training.patch_stream`): steps per second of the real loop (draw a batch, one
 forward and backward pass of the light msbn network, Adam), alternating MR and CT batches
 of the shipped recipe, for each number of workers asked for.
 
@@ -25,10 +25,10 @@ from monai.losses import DiceCELoss
 
 from napari_mmseg.config import PRESETS
 from napari_mmseg.device import place, resolve_device, tune_cpu, usable_cores
-from napari_mmseg.networks import MultiModalFCN
-from napari_mmseg.patch_stream import resampling_device, training_batches
-from napari_mmseg.training import train_step
-from napari_mmseg.training_data import PatchSampler, fit_normalization, load_bundle
+from napari_mmseg.models.dual_stream import MultiModalFCN
+from napari_mmseg.training.patch_stream import resampling_device, training_batches
+from napari_mmseg.training.trainer import train_step
+from napari_mmseg.training.training_data import PatchSampler, fit_normalization, load_bundle
 
 MODALITIES = ("CT", "MR")
 

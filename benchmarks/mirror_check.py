@@ -1,4 +1,4 @@
-"""How well the mirror check (`napari_mmseg/orientation_check.py`) tells a scan from its
+"""How well the mirror check (`napari_mmseg/inference/orientation_check.py`) tells a scan from its
 left–right mirror image, per network: every case as it is, cut to 60 mm slabs (through the
 kidneys, through the liver and spleen) and with its spleen enlarged 2× in length. For each,
 the liver the windows find as given and in the mirror image; a case counts as a **false
@@ -25,18 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_mmseg.experiment import (
+from napari_mmseg.inference.orientation_check import LiverFound, MirrorCheck, liver_found
+from napari_mmseg.inference.segment import InferenceOptions, predict_probabilities
+from napari_mmseg.models.weights import load_weights
+from napari_mmseg.organs import ORGAN_BY_NAME
+from napari_mmseg.study.experiment import (
     ENLARGED_SPLEEN_FACTOR,
     THIN_SLAB_CENTRES,
     StudyConfig,
     load_cases,
     thin_slab,
 )
-from napari_mmseg.inference import InferenceOptions, predict_probabilities
-from napari_mmseg.organ_enlargement import enlarge_organ
-from napari_mmseg.organs import ORGAN_BY_NAME
-from napari_mmseg.orientation_check import LiverFound, MirrorCheck, liver_found
-from napari_mmseg.weights import load_weights
+from napari_mmseg.training.organ_enlargement import enlarge_organ
 
 
 def views(case, spacing: tuple[float, ...]) -> dict[str, np.ndarray]:

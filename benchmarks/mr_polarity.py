@@ -1,4 +1,4 @@
-"""How well reading MR both ways round (`napari_mmseg/mr_polarity.py`) chooses, per network:
+"""How well reading MR both ways round (`napari_mmseg/inference/mr_polarity.py`) chooses, per network:
 every MR case as it is, under the MR contrast shifts, with its spleen enlarged, cut to 60 mm
 slabs, and TotalSegmentator's example MR (T1-like; labels made by a model). For each scan,
 both readings (as given, grey levels inverted) are made and scored; printed per condition:
@@ -25,7 +25,12 @@ import numpy as np
 import torch
 
 from napari_mmseg.contrast_shifts import shifts_for
-from napari_mmseg.experiment import (
+from napari_mmseg.inference.mr_polarity import INVERSION_MARGIN, PolarityChoice
+from napari_mmseg.inference.segment import InferenceOptions, labels_on_model_grid, read_each_way
+from napari_mmseg.metrics import dice_scores
+from napari_mmseg.models.weights import load_weights
+from napari_mmseg.organs import ORGAN_BY_NAME
+from napari_mmseg.study.experiment import (
     ENLARGED_SPLEEN_FACTOR,
     THIN_SLAB_CENTRES,
     StudyConfig,
@@ -33,12 +38,7 @@ from napari_mmseg.experiment import (
     load_cases,
     thin_slab,
 )
-from napari_mmseg.inference import InferenceOptions, labels_on_model_grid, read_each_way
-from napari_mmseg.metrics import dice_scores
-from napari_mmseg.mr_polarity import INVERSION_MARGIN, PolarityChoice
-from napari_mmseg.organ_enlargement import enlarge_organ
-from napari_mmseg.organs import ORGAN_BY_NAME
-from napari_mmseg.weights import load_weights
+from napari_mmseg.training.organ_enlargement import enlarge_organ
 
 INVERTED = "inverted (T2 ↔ T1 proxy)"
 

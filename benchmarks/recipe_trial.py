@@ -29,10 +29,10 @@ from pathlib import Path
 
 from napari_mmseg.config import PRESETS, AugmentationConfig
 from napari_mmseg.device import one_thread_per_worker
-from napari_mmseg.experiment import EVALUATION_KINDS, StudyConfig, evaluate, fold_split, load_cases
-from napari_mmseg.study_report import compare, format_difference
-from napari_mmseg.training import TrainingRun, train_prepared
-from napari_mmseg.weights import load_weights
+from napari_mmseg.models.weights import load_weights
+from napari_mmseg.study.experiment import EVALUATION_KINDS, StudyConfig, evaluate, fold_split, load_cases
+from napari_mmseg.study.report import compare, format_difference
+from napari_mmseg.training.trainer import TrainingRun, train_prepared
 
 
 @dataclass(frozen=True)

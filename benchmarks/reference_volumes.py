@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from napari_mmseg.datasets import load_nnunet_dataset, remap_labels
+from napari_mmseg.io.datasets import load_nnunet_dataset, remap_labels
+from napari_mmseg.io.scan_io import read_labels
 from napari_mmseg.organs import ORGANS
-from napari_mmseg.review import VOLUME_MARGIN
-from napari_mmseg.scan_io import read_labels
+from napari_mmseg.review.flags import VOLUME_MARGIN
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PERCENTILES = (2.5, 97.5)

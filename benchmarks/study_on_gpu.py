@@ -1,4 +1,4 @@
-"""The study (`napari_mmseg.experiment`) and the shipping runs on a lent GPU machine, inside a
+"""The study (`napari_mmseg.study.experiment`) and the shipping runs on a lent GPU machine, inside a
 fixed time: measure what K concurrent workers train per second, choose N (steps per
 modality) so that every task fits, run, and pack what comes back into a few files.
 
@@ -32,10 +32,10 @@ try:
 except ImportError:
     sys.modules["SimpleITK"] = types.ModuleType("SimpleITK")
 
-from napari_mmseg import experiment
-from napari_mmseg.experiment import ALL_CASES, StudyConfig, StudyTask, plan, run_study
-from napari_mmseg.training import train_prepared
-from napari_mmseg.training_data import save_bundle
+from napari_mmseg.study import experiment
+from napari_mmseg.study.experiment import ALL_CASES, StudyConfig, StudyTask, plan, run_study
+from napari_mmseg.training.trainer import train_prepared
+from napari_mmseg.training.training_data import save_bundle
 
 T0 = time.time()
 
@@ -157,7 +157,7 @@ def main() -> int:
         log(line, args.out)
         pack(args.work, args.out, fold_weights)
 
-    run_study(study, log=progress, report=False)
+    run_study(study, log=progress)
     pack(args.work, args.out, fold_weights)
     log("done", args.out)
     return 0

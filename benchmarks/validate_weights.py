@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from napari_mmseg.datasets import LabelledCase, load_nnunet_dataset, totalsegmentator_examples
-from napari_mmseg.inference import InferenceOptions, segment_image
+from napari_mmseg.inference.segment import InferenceOptions, segment_image
+from napari_mmseg.io.datasets import LabelledCase, load_nnunet_dataset, totalsegmentator_examples
 from napari_mmseg.metrics import dice_scores
+from napari_mmseg.models.weights import LoadedModel, bundled_weights_dir, load_weights
 from napari_mmseg.organs import ORGANS
-from napari_mmseg.weights import LoadedModel, bundled_weights_dir, load_weights
 
 
 def labelled_cases(data: Path) -> list[LabelledCase]:

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .config import DEFAULT_VARIANT, PRESETS, PROTOCOLS, VARIANTS
-from .device import DEVICE_CHOICES
-from .errors import MmsegError, ScanError
-from .organs import ORGANS
-from .safe_write import check_output, write_csv_atomic, write_text_atomic
+from napari_mmseg.config import DEFAULT_VARIANT, PRESETS, PROTOCOLS, VARIANTS
+from napari_mmseg.device import DEVICE_CHOICES
+from napari_mmseg.errors import MmsegError, ScanError
+from napari_mmseg.io.safe_write import check_output, write_csv_atomic, write_text_atomic
+from napari_mmseg.organs import ORGANS
 
 EXIT_ERROR = 1
 
@@ -25,7 +25,7 @@ EXIT_ERROR = 1
 def _scan_inputs(inputs: Sequence[str]) -> list[Path]:
     """Files as given; a folder of scan files gives each file, except hidden ones (such as
     `safe_write`'s partial files or macOS `._` twins); any other folder is a DICOM series."""
-    from .scan_io import SCAN_SUFFIXES, path_suffix
+    from napari_mmseg.io.scan_io import SCAN_SUFFIXES, path_suffix
 
     scans: list[Path] = []
     for item in inputs:
@@ -44,7 +44,7 @@ def _scan_inputs(inputs: Sequence[str]) -> list[Path]:
 def _output_paths(scans: list[Path], output: str, overwrite: bool) -> list[Path]:
     """Where each scan's labels go, checked before any work: a label file for one scan, else
     a folder (existing, or a name without a file extension)."""
-    from .scan_io import LABEL_SUFFIXES, path_suffix, strip_suffix
+    from napari_mmseg.io.scan_io import LABEL_SUFFIXES, path_suffix, strip_suffix
 
     out_path = Path(output)
     suffix = "" if output.endswith(("/", os.sep)) or out_path.is_dir() else path_suffix(out_path)
@@ -85,10 +85,10 @@ def write_report(path: Path, reports: dict[str, dict], overwrite: bool) -> None:
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .inference import InferenceOptions, segment_image
-    from .organs import check_modality
-    from .scan_io import read_scan, write_labels
-    from .weights import bundled_weights, load_weights
+    from napari_mmseg.inference.segment import InferenceOptions, segment_image
+    from napari_mmseg.io.scan_io import read_scan, write_labels
+    from napari_mmseg.models.weights import bundled_weights, load_weights
+    from napari_mmseg.organs import check_modality
 
     modality = check_modality(args.modality)
     scans = _scan_inputs(args.inputs)
@@ -136,7 +136,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def parse_label_mapping(text: str) -> dict[int, int]:
     """`liver=6,spleen=1,kidney_right=2` → {source id: our id}."""
-    from .datasets import label_map_from_names
+    from napari_mmseg.io.datasets import label_map_from_names
 
     pairs = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
@@ -160,7 +160,7 @@ def parse_label_mapping(text: str) -> dict[int, int]:
 
 def reference_label_map(ref: Path, spec: str | None) -> tuple[dict[int, int] | None, str]:
     """The reference's ids → ours: given by name, or from a dataset.json beside its folder."""
-    from .datasets import label_map_from_names, read_dataset_json
+    from napari_mmseg.io.datasets import label_map_from_names, read_dataset_json
 
     if spec:
         return parse_label_mapping(spec), "--ref-labels"
@@ -173,9 +173,9 @@ def reference_label_map(ref: Path, spec: str | None) -> tuple[dict[int, int] | N
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from .datasets import remap_labels
-    from .metrics import dice_scores, mean_dice
-    from .scan_io import read_labels, same_geometry
+    from napari_mmseg.io.datasets import remap_labels
+    from napari_mmseg.io.scan_io import read_labels, same_geometry
+    from napari_mmseg.metrics import dice_scores, mean_dice
 
     if args.csv:  # checked before the work; never the prediction or reference, even with --overwrite
         table = check_output(args.csv, args.overwrite)
@@ -217,7 +217,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import json
 
-    from .weights import load_weights
+    from napari_mmseg.models.weights import load_weights
 
     meta = load_weights(args.weights).meta  # the whole file checked: metadata, shapes, finite numbers
     print(json.dumps(json.loads(meta.to_json()), indent=2))
@@ -225,7 +225,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    from .weights import average_weights, save_weights
+    from napari_mmseg.models.weights import average_weights, save_weights
 
     out = check_output(args.out, args.overwrite, make_parents=True)  # refused before the work
     averaged = average_weights(args.weights)
@@ -234,9 +234,9 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .datasets import load_dataset
-    from .training import TrainingRun, split_cases, train
-    from .weights import read_metadata
+    from napari_mmseg.io.datasets import load_dataset
+    from napari_mmseg.models.weights import read_metadata
+    from napari_mmseg.training.trainer import TrainingRun, split_cases, train
 
     preset = PRESETS[args.preset]
     if args.batch_size is not None:
@@ -285,7 +285,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiment import StudyConfig, run_study
+    from napari_mmseg.study.config import StudyConfig
+    from napari_mmseg.study.experiment import run_study
+    from napari_mmseg.study.report import write_report
 
     study = StudyConfig(
         out_dir=Path(args.out), ct=Path(args.ct) if args.ct else None, mr=Path(args.mr) if args.mr else None,
@@ -301,7 +303,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise SystemExit(f"mmseg experiment --augment {args.augment}: {err}") from None
     if study.bundle is None and (study.ct is None or study.mr is None):
         raise SystemExit("mmseg experiment: give --ct and --mr dataset folders, or --bundle")
-    report = run_study(study, log=(lambda line: None) if args.quiet else print)
+    report = write_report(run_study(study, log=(lambda line: None) if args.quiet else print), study)
     print(f"wrote {report}")
     return 0
 

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 
-from .errors import DeviceError
+from napari_mmseg.errors import DeviceError
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 

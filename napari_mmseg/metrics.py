@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .organs import ORGANS
+from napari_mmseg.organs import ORGANS
 
 
 @dataclass(frozen=True)

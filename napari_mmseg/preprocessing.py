@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ScanError
-from .organs import check_modality
+from napari_mmseg.errors import ScanError
+from napari_mmseg.organs import check_modality
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from napari_mmseg.config import NetworkConfig
-from napari_mmseg.networks import MultiModalFCN
+from napari_mmseg.models.dual_stream import MultiModalFCN
+from napari_mmseg.models.weights import ModelMetadata, save_weights
 from napari_mmseg.preprocessing import default_norm
-from napari_mmseg.weights import ModelMetadata, save_weights
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = NetworkConfig(filters=(4, 8, 8, 8, 8), units_per_scale=1)

@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_mmseg.preprocessing import IntensityNorm
-from napari_mmseg.training_data import PreparedCase
+from napari_mmseg.training.training_data import PreparedCase
 
 # label ids as BTCV and CHAOS number them, to prove mapping by name
 LAYOUTS = {

@@ -9,11 +9,11 @@ import torch
 from scipy.ndimage import binary_dilation, binary_erosion
 from synthetic import CT_NORM, organ_phantom
 
-from napari_mmseg import augmentation as aug
-from napari_mmseg.augmentation import AugmentationConfig, GlobalRemap
 from napari_mmseg.config import TrainingConfig
 from napari_mmseg.preprocessing import default_norm
-from napari_mmseg.training_data import PatchSampler, PreparedCase
+from napari_mmseg.training import augmentation as aug
+from napari_mmseg.training.augmentation import AugmentationConfig, GlobalRemap
+from napari_mmseg.training.training_data import PatchSampler, PreparedCase
 
 ALWAYS = AugmentationConfig(p_class_wise=1.0, p_curve=1.0, p_convolutional=1.0, p_gamma=1.0, p_bias=1.0, p_blur=1.0,
                             p_thick_slices=1.0, p_spatial=1.0, p_slab=0.0, p_fat_signal=1.0)

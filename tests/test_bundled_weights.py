@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from napari_mmseg.config import VARIANTS
-from napari_mmseg.inference import InferenceOptions, segment_image
+from napari_mmseg.inference.segment import InferenceOptions, segment_image
 from napari_mmseg.metrics import dice_scores
-from napari_mmseg.weights import bundled_weights_dir, load_weights
+from napari_mmseg.models.weights import bundled_weights_dir, load_weights
 
 BUNDLED = sorted(bundled_weights_dir().glob("*.safetensors"))
 
@@ -68,11 +68,11 @@ def test_the_default_networks_context_pass_finds_an_enlarged_spleen(data_dir):
     import torch
 
     from napari_mmseg.config import DEFAULT_VARIANT
-    from napari_mmseg.datasets import load_nnunet_dataset
-    from napari_mmseg.inference import labels_on_model_grid, predict_scan
-    from napari_mmseg.organ_enlargement import enlarge_organ
-    from napari_mmseg.training_data import prepare_case
-    from napari_mmseg.weights import bundled_weights
+    from napari_mmseg.inference.segment import labels_on_model_grid, predict_scan
+    from napari_mmseg.io.datasets import load_nnunet_dataset
+    from napari_mmseg.models.weights import bundled_weights
+    from napari_mmseg.training.organ_enlargement import enlarge_organ
+    from napari_mmseg.training.training_data import prepare_case
 
     loaded = load_weights(bundled_weights(DEFAULT_VARIANT, "CT"))
     meta = loaded.meta

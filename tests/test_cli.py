@@ -37,7 +37,7 @@ def test_stray_pieces_are_dropped_unless_the_command_keeps_them(capsys, tmp_path
     """The random test network labels a speckle: by default its stray pieces go, with
     --keep-stray-pieces they stay. (Pieces are dropped on the model's 4 mm grid; on the
     scan's finer grid, interpolation leaves some slivers, a quarter as many here.)"""
-    from napari_mmseg.organ_pieces import stray_pieces
+    from napari_mmseg.inference.organ_pieces import stray_pieces
 
     stray = {}
     for keep in (False, True):
@@ -205,7 +205,7 @@ def test_train_refuses_start_weights_of_another_network(tmp_path, tiny_weights):
     """Fine-tuning starts only from a file of the variant asked for, before any training."""
     from synthetic import write_dataset
 
-    from napari_mmseg.weights import read_metadata
+    from napari_mmseg.models.weights import read_metadata
 
     ct = write_dataset(tmp_path / "ct", "CT", 2)
     held = read_metadata(tiny_weights).variant
@@ -221,7 +221,7 @@ def test_train_changes_the_augmentation_on_request_and_refuses_an_unknown_field_
     a misspelt field, or a negative number of batch workers, is refused before any data is read."""
     from synthetic import write_dataset
 
-    from napari_mmseg.weights import read_metadata
+    from napari_mmseg.models.weights import read_metadata
 
     with pytest.raises(SystemExit, match="'p_coars' is not a probability"):
         main(["train", "--variant", "msbn", "--ct", str(tmp_path / "absent"), "--augment", "p_coars=0"])
@@ -237,7 +237,7 @@ def test_train_changes_the_augmentation_on_request_and_refuses_an_unknown_field_
 
 def test_experiment_trains_every_run_with_the_changed_augmentation_and_refuses_an_unknown_field(tmp_path):
     """`mmseg experiment --augment` names the recipe of a held-out trial as `train --augment` does."""
-    from napari_mmseg.experiment import StudyConfig, plan
+    from napari_mmseg.study.experiment import StudyConfig, plan
 
     with pytest.raises(SystemExit, match="experiment --augment p_enlarg=0: 'p_enlarg' is not a probability"):
         main(["experiment", "--bundle", str(tmp_path / "absent.npz"), "--augment", "p_enlarg=0"])

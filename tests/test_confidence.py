@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_mmseg.confidence import normalised_entropy, probability_maps
-from napari_mmseg.inference import InferenceOptions, segment_image
+from napari_mmseg.inference.segment import InferenceOptions, segment_image
+from napari_mmseg.io.scan_io import read_scan
+from napari_mmseg.models.weights import load_weights
 from napari_mmseg.preprocessing import canonical_grid
-from napari_mmseg.scan_io import read_scan
-from napari_mmseg.weights import load_weights
+from napari_mmseg.review.confidence import normalised_entropy, probability_maps
 
 
 def test_normalised_entropy_runs_from_sure_to_uniform():

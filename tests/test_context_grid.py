@@ -5,9 +5,9 @@ import SimpleITK as sitk
 import torch
 from conftest import make_weights
 
-from napari_mmseg.context_grid import coarsen, coarsen_labels, refine, with_context
-from napari_mmseg.inference import InferenceOptions, predict_probabilities, predict_scan, segment_image
-from napari_mmseg.weights import load_weights, save_weights
+from napari_mmseg.inference.context_grid import coarsen, coarsen_labels, refine, with_context
+from napari_mmseg.inference.segment import InferenceOptions, predict_probabilities, predict_scan, segment_image
+from napari_mmseg.models.weights import load_weights, save_weights
 
 CPU = torch.device("cpu")
 

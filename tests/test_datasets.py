@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_mmseg.datasets import (
+from napari_mmseg.errors import ScanError
+from napari_mmseg.io.datasets import (
     CHAOS_LABEL_MAP,
     ChaosCase,
     label_map_from_names,
@@ -21,9 +22,8 @@ from napari_mmseg.datasets import (
     load_chaos_folder,
     load_dataset,
 )
-from napari_mmseg.errors import ScanError
+from napari_mmseg.io.scan_io import SCAN_DTYPES, same_geometry
 from napari_mmseg.organs import ORGAN_BY_NAME
-from napari_mmseg.scan_io import SCAN_DTYPES, same_geometry
 
 SHAPE = (6, 24, 20)  # z, y, x
 SPACING = (1.5, 1.25, 4.0)  # x, y, z in mm

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_mmseg.display_geometry import (
+from napari_mmseg.errors import ScanError
+from napari_mmseg.io.display_geometry import (
     OBLIQUE_TOLERANCE_DEG,
     geometry_from_matrix,
     image_from_layer,
     labels_to_source,
     to_display,
 )
-from napari_mmseg.errors import ScanError
 
 
 def napari_world(transform: dict, index_zyx) -> np.ndarray:

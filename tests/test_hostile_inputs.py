@@ -26,12 +26,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from synthetic import write_dicom_series
 
-from napari_mmseg import inference
 from napari_mmseg.cli import main
 from napari_mmseg.errors import OutputError, ScanError
-from napari_mmseg.safe_write import PARTIAL_PREFIX
-from napari_mmseg.scan_io import write_labels
-from napari_mmseg.weights import METADATA_KEY, load_weights, save_weights
+from napari_mmseg.inference import segment as inference
+from napari_mmseg.io.safe_write import PARTIAL_PREFIX
+from napari_mmseg.io.scan_io import write_labels
+from napari_mmseg.models.weights import METADATA_KEY, load_weights, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 

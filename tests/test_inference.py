@@ -6,10 +6,10 @@ import torch
 
 from napari_mmseg.device import available_devices, resolve_device
 from napari_mmseg.errors import Cancelled, DeviceError
-from napari_mmseg.inference import InferenceOptions, segment_image, window_count
+from napari_mmseg.inference.segment import InferenceOptions, segment_image, window_count
+from napari_mmseg.io.scan_io import read_scan
+from napari_mmseg.models.weights import load_weights
 from napari_mmseg.preprocessing import guess_modality
-from napari_mmseg.scan_io import read_scan
-from napari_mmseg.weights import load_weights
 
 
 def test_progress_reaches_one_and_never_goes_back(ct_scan, tiny_weights):
@@ -109,7 +109,7 @@ def test_stray_pieces_are_dropped_unless_asked_to_keep_them(tiny_weights):
     the canonical grid is nudged by a micrometre, and interpolating back can leave a voxel.)"""
     import SimpleITK as sitk
 
-    from napari_mmseg.organ_pieces import stray_pieces
+    from napari_mmseg.inference.organ_pieces import stray_pieces
 
     rng = np.random.default_rng(0)
     values = rng.normal(40, 30, (24, 40, 40)).astype(np.float32)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_mmseg.datasets import label_map_from_names, read_dataset_json, remap_labels, totalsegmentator_examples
-from napari_mmseg.inference import InferenceOptions, segment_image
+from napari_mmseg.inference.mr_polarity import INVERSION_MARGIN, PolarityChoice, organ_confidence
+from napari_mmseg.inference.segment import InferenceOptions, segment_image
+from napari_mmseg.io.datasets import label_map_from_names, read_dataset_json, remap_labels, totalsegmentator_examples
+from napari_mmseg.io.scan_io import read_scan
 from napari_mmseg.metrics import dice_scores
-from napari_mmseg.mr_polarity import INVERSION_MARGIN, PolarityChoice, organ_confidence
-from napari_mmseg.scan_io import read_scan
-from napari_mmseg.weights import bundled_weights, load_weights
+from napari_mmseg.models.weights import bundled_weights, load_weights
 
 FAST = InferenceOptions(device="cpu", check_orientation=False, uncertainty=False)
 
@@ -69,9 +69,9 @@ def test_a_blended_context_pass_does_not_tip_the_choice(data_dir):
     pass finds the spleen and is blended in, which lowers the confidence of that reading;
     judged after blending, `joint` read the scan inverted and lost half its spleen (Dice
     0.35). The choice is made on the windows of both readings, before blending."""
-    from napari_mmseg.experiment import ENLARGED_SPLEEN_FACTOR
-    from napari_mmseg.organ_enlargement import enlarge_organ
     from napari_mmseg.organs import ORGAN_BY_NAME
+    from napari_mmseg.study.experiment import ENLARGED_SPLEEN_FACTOR
+    from napari_mmseg.training.organ_enlargement import enlarge_organ
 
     root = data_dir / "abdomen-mr-chaos-t2"
     ids = label_map_from_names(read_dataset_json(root / "dataset.json")["labels"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from napari_mmseg.config import PRESETS, VARIANTS, NetworkConfig
-from napari_mmseg.networks import STREAM_PARTS, MultiModalFCN, parameter_modality, use_blended_statistics
+from napari_mmseg.models.dual_stream import STREAM_PARTS, MultiModalFCN, parameter_modality, use_blended_statistics
 
 SMALL = NetworkConfig(filters=(4, 8, 8, 16, 16), units_per_scale=2)
 

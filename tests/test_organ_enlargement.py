@@ -10,8 +10,8 @@ from scipy.ndimage import binary_erosion
 from synthetic import CT_NORM, organ_phantom
 
 from napari_mmseg.config import AugmentationConfig, TrainingConfig
-from napari_mmseg.organ_enlargement import enlarge_organ, source_radius
-from napari_mmseg.training_data import PatchSampler
+from napari_mmseg.training.organ_enlargement import enlarge_organ, source_radius
+from napari_mmseg.training.training_data import PatchSampler
 
 HU = {1: 110.0, 2: 120.0, 3: 180.0, 4: 180.0}
 

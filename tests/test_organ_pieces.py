@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from napari_mmseg.organ_pieces import stray_pieces, without_stray_pieces
+from napari_mmseg.inference.organ_pieces import stray_pieces, without_stray_pieces
 
 
 def _labels() -> np.ndarray:

@@ -4,8 +4,7 @@ liver the network finds in it and in its mirror image."""
 import numpy as np
 import pytest
 
-from napari_mmseg.inference import InferenceOptions, segment_image
-from napari_mmseg.orientation_check import (
+from napari_mmseg.inference.orientation_check import (
     CONFIDENCE_MARGIN,
     LIVER,
     MIN_LIVER_ML,
@@ -13,9 +12,10 @@ from napari_mmseg.orientation_check import (
     MirrorCheck,
     liver_found,
 )
-from napari_mmseg.review import ScanReview
-from napari_mmseg.scan_io import read_scan
-from napari_mmseg.weights import load_weights
+from napari_mmseg.inference.segment import InferenceOptions, segment_image
+from napari_mmseg.io.scan_io import read_scan
+from napari_mmseg.models.weights import load_weights
+from napari_mmseg.review.flags import ScanReview
 
 
 def test_the_liver_found_is_its_volume_and_mean_probability():

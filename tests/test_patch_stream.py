@@ -8,14 +8,14 @@ import pytest
 import torch
 from test_training import TINY, data  # noqa: F401 (the fixture)
 
-from napari_mmseg import training
 from napari_mmseg.config import TrainingConfig
 from napari_mmseg.device import sampler_workers, usable_cores
-from napari_mmseg.patch_stream import training_batches
+from napari_mmseg.models.weights import load_weights
 from napari_mmseg.preprocessing import IntensityNorm
-from napari_mmseg.training import TrainingRun, train
-from napari_mmseg.training_data import PatchSampler, PreparedCase
-from napari_mmseg.weights import load_weights
+from napari_mmseg.training import trainer as training
+from napari_mmseg.training.patch_stream import training_batches
+from napari_mmseg.training.trainer import TrainingRun, train
+from napari_mmseg.training.training_data import PatchSampler, PreparedCase
 
 
 def _samplers() -> dict[str, PatchSampler]:

@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 from setuptools import find_packages
 
+from napari_mmseg.io.scan_io import SCAN_DTYPES
 from napari_mmseg.plugin import launch, sample_data
 from napari_mmseg.plugin.dice_panel import DicePanel
 from napari_mmseg.plugin.sample_data import (
@@ -30,7 +31,6 @@ from napari_mmseg.plugin.sample_data import (
     sample_mr_t2,
 )
 from napari_mmseg.plugin.widget import SegmentationWidget
-from napari_mmseg.scan_io import SCAN_DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = {"totalsegmentator": "totalsegmentator-examples", "chaos-t2": "chaos-t2-sample"}

@@ -264,7 +264,7 @@ def test_gui_thread_keeps_beating_while_a_segmentation_runs(make_napari_viewer, 
 ])
 def test_bundled_v4_puts_the_liver_where_the_reference_has_it(make_napari_viewer, data_dir, qtbot, scan, reference,
                                                                liver_id, modality):
-    from napari_mmseg.weights import available_variants
+    from napari_mmseg.models.weights import available_variants
 
     if "v4" not in available_variants(modality):
         pytest.skip("no bundled v4 weights in this installation")

@@ -6,7 +6,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from napari_mmseg import preprocessing
-from napari_mmseg.inference import InferenceOptions, segment_image
+from napari_mmseg.inference.segment import InferenceOptions, segment_image
+from napari_mmseg.io.scan_io import read_scan
+from napari_mmseg.models.weights import load_weights
 from napari_mmseg.preprocessing import (
     IntensityNorm,
     _argmax,
@@ -18,8 +20,6 @@ from napari_mmseg.preprocessing import (
     probabilities_to_native,
     to_canonical,
 )
-from napari_mmseg.scan_io import read_scan
-from napari_mmseg.weights import load_weights
 
 
 def test_canonical_grid_is_lps_and_covers_the_scan():

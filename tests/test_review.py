@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_mmseg.review import TRAINING_VOLUMES_ML, VOLUME_MARGIN, review_image
+from napari_mmseg.review.flags import TRAINING_VOLUMES_ML, VOLUME_MARGIN, review_image
 
 SPACING = (2.0, 2.0, 2.0)  # mm: a voxel is 0.008 ml
 VOXEL_ML = 0.008
@@ -157,9 +157,9 @@ def test_a_real_scan_passes_and_its_mirror_image_is_flagged(mr_scan):
     bundled MR network: every organ found on its side, confident inside. The same voxels
     with the x axis of the direction negated (a file with wrong orientation metadata) put
     the liver on the patient's left: the review must say that left and right look swapped."""
-    from napari_mmseg.inference import InferenceOptions, segment_image
-    from napari_mmseg.scan_io import read_scan
-    from napari_mmseg.weights import bundled_weights, load_weights
+    from napari_mmseg.inference.segment import InferenceOptions, segment_image
+    from napari_mmseg.io.scan_io import read_scan
+    from napari_mmseg.models.weights import bundled_weights, load_weights
 
     scan = read_scan(mr_scan)
     loaded = load_weights(bundled_weights("individual", "MR"))

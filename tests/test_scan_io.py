@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from napari_mmseg.errors import OutputError, ScanError
-from napari_mmseg.scan_io import read_labels, read_scan, same_geometry, write_labels
+from napari_mmseg.io.scan_io import read_labels, read_scan, same_geometry, write_labels
 
 
 def volume(shape=(6, 7, 8), direction=(0, 1, 0, -1, 0, 0, 0, 0, 1)):

@@ -14,12 +14,12 @@ from synthetic import write_dataset
 
 from napari_mmseg import config
 from napari_mmseg.config import NetworkConfig, Preset, TrainingConfig
-from napari_mmseg.datasets import load_dataset
-from napari_mmseg.patch_stream import modality_for_step
+from napari_mmseg.io.datasets import load_dataset
+from napari_mmseg.models.weights import load_weights
 from napari_mmseg.preprocessing import IntensityNorm
-from napari_mmseg.training import TrainingRun, split_cases, train
-from napari_mmseg.training_data import PatchSampler, PreparedCase
-from napari_mmseg.weights import load_weights
+from napari_mmseg.training.patch_stream import modality_for_step
+from napari_mmseg.training.trainer import TrainingRun, split_cases, train
+from napari_mmseg.training.training_data import PatchSampler, PreparedCase
 
 # float32: on CPUs with bfloat16 units (AMX), this 4-channel network's first bfloat16 steps
 # gave NaN weights in about half the runs and differed between two seeded runs; the light
@@ -137,8 +137,8 @@ def test_ddp_with_two_cpu_processes(data, tmp_path):
         "import sys\n"
         f"sys.path.insert(0, {here!r})\n"
         "from test_training import TINY\n"
-        "from napari_mmseg.datasets import load_dataset\n"
-        "from napari_mmseg.training import TrainingRun, train\n"
+        "from napari_mmseg.io.datasets import load_dataset\n"
+        "from napari_mmseg.training.trainer import TrainingRun, train\n"
         f"cases = load_dataset({str(ct)!r}) + load_dataset({str(mr)!r})\n"
         f"train(TrainingRun('v4', TINY, {out!r}, device='cpu', steps=2, progress_bar=False), cases, [], log=print)\n"
     )
@@ -161,14 +161,16 @@ def test_ddp_with_two_cpu_processes(data, tmp_path):
 
 
 def test_study_writes_tables_plots_and_resumes(data, tmp_path, monkeypatch):
-    from napari_mmseg.experiment import StudyConfig, run_study
+    from napari_mmseg.study.config import StudyConfig
+    from napari_mmseg.study.experiment import run_study
+    from napari_mmseg.study.report import write_report
 
     ct, mr, _ = data
     monkeypatch.setitem(config.PRESETS, "tiny", TINY)
     study = StudyConfig(out_dir=tmp_path, ct=ct, mr=mr, preset="tiny", variants=("individual", "v4"),
                         repetitions=1, folds=2, steps=2, device="cpu", curve_points=2, only_fold=1)
     lines: list[str] = []
-    report = run_study(study, log=lines.append)
+    report = write_report(run_study(study, log=lines.append), study)
     assert "4 tasks, 4 to run" in lines[0]  # fold 1 alone: 2 individual + v4 at 2 protocols
     assert any("min left" in line for line in lines)
     text = report.read_text(encoding="utf-8")
@@ -193,13 +195,13 @@ def test_study_writes_tables_plots_and_resumes(data, tmp_path, monkeypatch):
     assert [p["step"] for p in equal["curve"]] == [2, 4]  # the learning curve of repetition 0
     # resume: a second call trains nothing and gives the same report
     lines.clear()
-    run_study(study, log=lines.append)
+    write_report(run_study(study, log=lines.append), study)
     assert "0 to run" in lines[0]
     assert report.read_text(encoding="utf-8") == text
 
 
 def test_thin_slab_is_centred_on_its_organs_and_keeps_their_labels():
-    from napari_mmseg.experiment import thin_slab
+    from napari_mmseg.study.experiment import thin_slab
 
     labels = np.zeros((100, 8, 8), np.uint8)
     labels[10:40, 2:6, 2:6] = 1  # liver
@@ -216,7 +218,7 @@ def test_thin_slab_is_centred_on_its_organs_and_keeps_their_labels():
 
 
 def test_study_plan_orders_and_sizes_tasks(tmp_path):
-    from napari_mmseg.experiment import ALL_CASES, StudyConfig, plan
+    from napari_mmseg.study.experiment import ALL_CASES, StudyConfig, plan
 
     tasks = plan(StudyConfig(out_dir=tmp_path, repetitions=2, folds=2, steps=10, shipping_steps=30))
     shipping = [t for t in tasks if t.protocol == ALL_CASES]
@@ -230,7 +232,7 @@ def test_study_plan_orders_and_sizes_tasks(tmp_path):
 
 
 def test_paired_comparison_statistics():
-    from napari_mmseg.study_report import compare
+    from napari_mmseg.study.report import compare
 
     rng = np.random.default_rng(0)
     rows = []
@@ -254,7 +256,7 @@ def test_paired_comparison_statistics():
 def test_headline_without_individual_gives_each_networks_mean():
     """A study of multi-modal networks only (no baseline to compare with) still reads: each
     network's mean Dice, where it was scored, and "–" only where it was not."""
-    from napari_mmseg.study_report import headline
+    from napari_mmseg.study.report import headline
 
     rows = [{"repetition": 0, "fold": 0, "case": f"c{case}", "organ": "liver", "condition": "as is",
              "kind": "in-domain", "modality": "CT", "variant": variant, "protocol": "equal-exposure",
@@ -269,7 +271,7 @@ def test_headline_without_individual_gives_each_networks_mean():
 
 
 def test_bundle_keeps_cases(tmp_path):
-    from napari_mmseg.training_data import load_bundle, save_bundle
+    from napari_mmseg.training.training_data import load_bundle, save_bundle
 
     rng = np.random.default_rng(0)
     ct = PreparedCase("ct 1", "CT", rng.uniform(-1000, 1500, (5, 6, 7)).astype(np.float32),

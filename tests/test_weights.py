@@ -7,7 +7,7 @@ import torch
 from conftest import make_weights
 
 from napari_mmseg.errors import WeightsError
-from napari_mmseg.weights import average_weights, bundled_weights, load_weights, read_metadata, save_weights
+from napari_mmseg.models.weights import average_weights, bundled_weights, load_weights, read_metadata, save_weights
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):
@@ -123,7 +123,7 @@ def test_files_of_format_1_have_no_context_pass(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from napari_mmseg.weights import METADATA_KEY
+    from napari_mmseg.models.weights import METADATA_KEY
 
     path = make_weights(tmp_path / "v4.safetensors")
     with safe_open(str(path), framework="pt") as f:

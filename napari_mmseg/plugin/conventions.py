@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import label_map_from_names, remap_labels
-from ..organs import ORGANS, canonical_organ_name
+from napari_mmseg.io.datasets import label_map_from_names, remap_labels
+from napari_mmseg.organs import ORGANS, canonical_organ_name
 
 OURS = "napari-mmseg"
 # Label id → organ name of public label maps (only the four organs this plugin segments).

@@ -18,13 +18,13 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, T
 from napari.layers import Labels
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QSizePolicy, QStyledItemDelegate
 
-from ..errors import OutputError
-from ..metrics import OrganScore, dice_scores, mean_dice
-from ..organs import ORGAN_BY_NAME
-from ..safe_write import write_csv_atomic
-from .conventions import CONVENTIONS, OURS, parse_mapping, to_our_ids
-from .edits import EditWatcher
-from .layers import CONVENTION, LABEL_NAMES, MODEL
+from napari_mmseg.errors import OutputError
+from napari_mmseg.io.safe_write import write_csv_atomic
+from napari_mmseg.metrics import OrganScore, dice_scores, mean_dice
+from napari_mmseg.organs import ORGAN_BY_NAME
+from napari_mmseg.plugin.conventions import CONVENTIONS, OURS, parse_mapping, to_our_ids
+from napari_mmseg.plugin.edits import EditWatcher
+from napari_mmseg.plugin.layers import CONVENTION, LABEL_NAMES, MODEL
 
 if TYPE_CHECKING:
     import napari

@@ -5,7 +5,7 @@ from __future__ import annotations
 import napari
 from napari.utils.notifications import show_warning
 
-from ..errors import MmsegError
+from napari_mmseg.errors import MmsegError
 
 PLUGIN = "napari-mmseg"
 

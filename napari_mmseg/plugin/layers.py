@@ -15,8 +15,8 @@ import SimpleITK as sitk
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.transforms import Affine
 
-from ..display_geometry import DisplayGeometry, geometry_from_matrix, to_display
-from ..organs import ORGAN_BY_NAME, canonical_organ_name
+from napari_mmseg.io.display_geometry import DisplayGeometry, geometry_from_matrix, to_display
+from napari_mmseg.organs import ORGAN_BY_NAME, canonical_organ_name
 
 GEOMETRY = "mmseg_geometry"  # DisplayGeometry of the file the layer came from
 SCAN = "mmseg_scan"  # path of the scan the layer shows or belongs to: never written over

@@ -15,9 +15,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..scan_io import SCAN_SUFFIXES, as_labels, as_scan, check_volume, path_suffix, read_image, strip_suffix
-from .conventions import guess_label_names, nnunet_dataset_json
-from .layers import LayerData, image_layer_data, labels_layer_data
+from napari_mmseg.io.scan_io import (
+    SCAN_SUFFIXES,
+    as_labels,
+    as_scan,
+    check_volume,
+    path_suffix,
+    read_image,
+    strip_suffix,
+)
+from napari_mmseg.plugin.conventions import guess_label_names, nnunet_dataset_json
+from napari_mmseg.plugin.layers import LayerData, image_layer_data, labels_layer_data
 
 MAX_LABELS = 128  # more distinct values than this and it is a scan
 

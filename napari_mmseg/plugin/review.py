@@ -1,6 +1,6 @@
 """The review aids in napari: where a reviewer should look first.
 
-The numbers come from the core (`napari_mmseg.review.review_image`, the network's per-voxel
+The numbers come from the core (`napari_mmseg.review.flags.review_image`, the network's per-voxel
 uncertainty in `Segmentation`); here they become the result layer's features, lines of text
 for the widget, and an uncertainty Image layer an annotator can show over the scan.
 """
@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .layers import LayerData, display_name
+from napari_mmseg.plugin.layers import LayerData, display_name
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-    from ..review import ScanReview
+    from napari_mmseg.review.flags import ScanReview
 
 UNCERTAINTY = "mmseg_uncertainty_of"  # metadata of an uncertainty layer: the result layer's name
 WARNING_STYLE = "color: orange;"

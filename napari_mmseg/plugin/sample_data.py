@@ -11,10 +11,10 @@ from pathlib import Path
 import pooch
 import requests
 
-from ..errors import MmsegError
-from ..scan_io import read_labels, read_scan
-from .conventions import CONVENTIONS
-from .layers import LayerData, image_layer_data, labels_layer_data
+from napari_mmseg.errors import MmsegError
+from napari_mmseg.io.scan_io import read_labels, read_scan
+from napari_mmseg.plugin.conventions import CONVENTIONS
+from napari_mmseg.plugin.layers import LayerData, image_layer_data, labels_layer_data
 
 CACHE_ENV = "MMSEG_DATA_CACHE"
 _TOTALSEG = (

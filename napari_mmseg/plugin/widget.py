@@ -25,15 +25,23 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QSizePolicy
 
-from ..config import DEFAULT_VARIANT
-from ..display_geometry import DisplayGeometry, image_from_layer
-from ..errors import Cancelled, MmsegError
-from ..organs import MODALITIES
-from ..scan_io import segmentable
-from .conventions import CONVENTIONS, OURS
-from .edits import EditWatcher
-from .layers import EDITED, MODEL, SCAN, alignment_kwargs, label_features, labels_kwargs, layer_geometry
-from .review import (
+from napari_mmseg.config import DEFAULT_VARIANT
+from napari_mmseg.errors import Cancelled, MmsegError
+from napari_mmseg.io.display_geometry import DisplayGeometry, image_from_layer
+from napari_mmseg.io.scan_io import segmentable
+from napari_mmseg.organs import MODALITIES
+from napari_mmseg.plugin.conventions import CONVENTIONS, OURS
+from napari_mmseg.plugin.edits import EditWatcher
+from napari_mmseg.plugin.layers import (
+    EDITED,
+    MODEL,
+    SCAN,
+    alignment_kwargs,
+    label_features,
+    labels_kwargs,
+    layer_geometry,
+)
+from napari_mmseg.plugin.review import (
     UNCERTAINTY,
     WARNING_STYLE,
     flag_lines,
@@ -47,8 +55,8 @@ if TYPE_CHECKING:
     import napari
     from napari.qt.threading import FunctionWorker
 
-    from ..inference import InferenceOptions, Segmentation
-    from ..review import ScanReview
+    from napari_mmseg.inference.segment import InferenceOptions, Segmentation
+    from napari_mmseg.review.flags import ScanReview
 
 WEIGHTS_FILE = "file"  # the variant choice that means "a weights file I pick"
 DEVICE_REMEDY = 'pick "auto" or "CPU" in the Device box'
@@ -73,8 +81,8 @@ class Job:
 def run_job(job: Job, progress: Callable[[float, str], None], cancel: Callable[[], bool]) -> Segmentation | None:
     """The worker thread's work: load the weights, segment and review; None when cancelled."""
     progress(0.0, "loading the model")  # first, before any import: the user sees the run has begun
-    from ..inference import segment_image
-    from ..weights import load_weights
+    from napari_mmseg.inference.segment import segment_image
+    from napari_mmseg.models.weights import load_weights
 
     loaded = load_weights(job.weights, modality=job.modality)
     try:
@@ -100,7 +108,7 @@ class SegmentationWidget(Container):
         import monai.inferers  # noqa: F401
         import skimage.color  # noqa: F401
 
-        from ..device import available_devices
+        from napari_mmseg.device import available_devices
 
         super().__init__()
         self._viewer = napari_viewer
@@ -192,7 +200,7 @@ class SegmentationWidget(Container):
             self._volume_watchers.remove(watcher)
 
     def _variant_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        from ..weights import available_variants
+        from napari_mmseg.models.weights import available_variants
 
         try:
             bundled = available_variants(self._modality.value)
@@ -209,7 +217,7 @@ class SegmentationWidget(Container):
 
     def _suggest_modality(self, _value: Any = None) -> None:
         """Suggest CT or MR from the intensities; the user has the last word."""
-        from ..preprocessing import guess_modality
+        from napari_mmseg.preprocessing import guess_modality
 
         layer = self._image.value
         if layer is None or layer.multiscale or layer.rgb or layer.ndim != 3:
@@ -250,7 +258,7 @@ class SegmentationWidget(Container):
 
     def _describe_weights(self, _value: Any = None) -> None:
         """What the chosen weights file holds, or why it cannot be used."""
-        from ..weights import read_metadata
+        from napari_mmseg.models.weights import read_metadata
 
         path = self._weights_path()
         if path is None:
@@ -285,9 +293,9 @@ class SegmentationWidget(Container):
 
     def _make_job(self) -> Job:
         """Check every input and say what is wrong in words, before any thread starts."""
-        from ..device import resolve_device
-        from ..inference import InferenceOptions
-        from ..weights import bundled_weights, read_metadata
+        from napari_mmseg.device import resolve_device
+        from napari_mmseg.inference.segment import InferenceOptions
+        from napari_mmseg.models.weights import bundled_weights, read_metadata
 
         layer = self._image.value
         if layer is None:
@@ -409,7 +417,7 @@ class SegmentationWidget(Container):
         self._progress.value = 0
 
     def _on_finished(self) -> None:
-        from ..device import release_memory  # torch waits until a run (test_plugin_io)
+        from napari_mmseg.device import release_memory  # torch waits until a run (test_plugin_io)
 
         self._worker = None
         release_memory()  # the viewer stays open: the run's freed blocks go back to the system

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..display_geometry import labels_to_source
-from ..errors import ScanError
-from ..scan_io import write_labels
-from .layers import SCAN, layer_geometry
+from napari_mmseg.errors import ScanError
+from napari_mmseg.io.display_geometry import labels_to_source
+from napari_mmseg.io.scan_io import write_labels
+from napari_mmseg.plugin.layers import SCAN, layer_geometry
 
 
 def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:

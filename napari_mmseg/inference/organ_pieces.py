@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .organs import ORGANS
+from napari_mmseg.organs import ORGANS
 
 # A piece smaller than this fraction of its organ's largest piece is stray. On the fold-0
 # held-out patients, 0.5 gained as much as keeping only the largest piece where that

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import OutputError, ScanError
-from .safe_write import write_atomic
+from napari_mmseg.errors import OutputError, ScanError
+from napari_mmseg.io.safe_write import write_atomic
 
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")

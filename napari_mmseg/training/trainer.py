@@ -17,17 +17,17 @@ import torch
 import torch.distributed as dist
 from monai.losses import DiceCELoss, DiceLoss
 
-from .config import Preset
-from .context_grid import context_weight
-from .datasets import LabelledCase
-from .device import mixed_precision, place, resolve_device, sampler_workers, tune_cpu
-from .inference import labels_on_model_grid, predict_scan
-from .metrics import dice_scores
-from .networks import MultiModalFCN
-from .organs import MODALITIES
-from .patch_stream import resampling_device, training_batches
-from .training_data import PatchSampler, PreparedCase, fit_normalization, prepare_case
-from .weights import ModelMetadata, lineage, load_weights, read_metadata, save_weights
+from napari_mmseg.config import Preset
+from napari_mmseg.device import mixed_precision, place, resolve_device, sampler_workers, tune_cpu
+from napari_mmseg.inference.context_grid import context_weight
+from napari_mmseg.inference.segment import labels_on_model_grid, predict_scan
+from napari_mmseg.io.datasets import LabelledCase
+from napari_mmseg.metrics import dice_scores
+from napari_mmseg.models.dual_stream import MultiModalFCN
+from napari_mmseg.models.weights import ModelMetadata, lineage, load_weights, read_metadata, save_weights
+from napari_mmseg.organs import MODALITIES
+from napari_mmseg.training.patch_stream import resampling_device, training_batches
+from napari_mmseg.training.training_data import PatchSampler, PreparedCase, fit_normalization, prepare_case
 
 LogFn = Callable[[str], None]
 

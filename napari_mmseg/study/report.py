@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PROTOCOLS
-from .experiment import StudyConfig
-from .organs import ORGANS
-from .safe_write import write_bytes_atomic, write_csv_atomic, write_text_atomic
+from napari_mmseg.config import PROTOCOLS
+from napari_mmseg.io.safe_write import write_bytes_atomic, write_csv_atomic, write_text_atomic
+from napari_mmseg.organs import ORGANS
+from napari_mmseg.study.config import StudyConfig
 
 BASELINE = ("individual", "equal-exposure")
 KINDS = (("in-domain", "in-domain"), ("shifted", "shifted contrasts"), ("totalseg", "TotalSegmentator example"))

@@ -18,7 +18,14 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .augmentation import (
+from napari_mmseg.config import TrainingConfig
+from napari_mmseg.inference.context_grid import coarsen, coarsen_labels
+from napari_mmseg.inference.segment import body_box
+from napari_mmseg.io.datasets import LabelledCase
+from napari_mmseg.io.safe_write import write_atomic
+from napari_mmseg.organs import NUM_CLASSES
+from napari_mmseg.preprocessing import IntensityNorm, body_mask, default_norm, to_canonical
+from napari_mmseg.training.augmentation import (
     GlobalRemap,
     bias_field,
     class_wise,
@@ -30,13 +37,6 @@ from .augmentation import (
     spatial_grid,
     thick_slices,
 )
-from .config import TrainingConfig
-from .context_grid import coarsen, coarsen_labels
-from .datasets import LabelledCase
-from .inference import body_box
-from .organs import NUM_CLASSES
-from .preprocessing import IntensityNorm, body_mask, default_norm, to_canonical
-from .safe_write import write_atomic
 
 CACHE_VERSION = 3
 SAMPLES_PER_CLASS = 20_000

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .organs import ORGAN_BY_NAME
+from napari_mmseg.organs import ORGAN_BY_NAME
 
 LIVER = ORGAN_BY_NAME["liver"].label
 # The mirror image must be surer of its liver by more than this. As given, the liver's mean

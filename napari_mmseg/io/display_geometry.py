@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ScanError
+from napari_mmseg.errors import ScanError
 
 DISPLAY_ORIENTATION = "LPS"
 # A residual rotation smaller than this (scanner rounding, sub-degree table tilt) is left out

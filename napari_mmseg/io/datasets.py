@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ScanError
-from .organs import ORGAN_BY_NAME, canonical_organ_name, check_modality
-from .scan_io import (
+from napari_mmseg.errors import ScanError
+from napari_mmseg.io.scan_io import (
     SCAN_SUFFIXES,
     dicom_series_files,
     labels_to_image,
@@ -31,6 +30,7 @@ from .scan_io import (
     read_scan,
     strip_suffix,
 )
+from napari_mmseg.organs import ORGAN_BY_NAME, canonical_organ_name, check_modality
 
 # BTCV's 13 organ ids (Landman et al. 2015); the ones we segment, by our names.
 BTCV_LABELS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 6}

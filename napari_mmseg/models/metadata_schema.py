@@ -13,8 +13,8 @@ import math
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
-from .config import VARIANTS, NetworkConfig
-from .organs import MODALITIES, ORGANS
+from napari_mmseg.config import VARIANTS, NetworkConfig
+from napari_mmseg.organs import MODALITIES, ORGANS
 
 MAX_DEPTH = 16  # nesting of JSON containers; the free-form fields hold a few levels
 

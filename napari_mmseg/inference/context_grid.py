@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import AugmentationConfig
+from napari_mmseg.config import AugmentationConfig
 
 COARSE_FACTOR = 2  # the context grid's spacing, in model voxels
 # The context pass's share of the blended probabilities, for networks trained with coarse

@@ -7,7 +7,7 @@ all on the model's grid; repetition 0 also records validation Dice along the way
 learning curves).
 
 Runs are independent tasks, each cached when done, so an interrupted study resumes; several
-worker processes can share one GPU. `study_report.py` turns the cached scores into tables.
+worker processes can share one GPU. `report.py` turns the cached scores into tables.
 """
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PRESETS, PROTOCOLS, Preset
-from .contrast_shifts import shifts_for
-from .datasets import load_dataset, totalsegmentator_examples
-from .device import one_thread_per_worker, resolve_device
-from .inference import InferenceOptions, kept_reading, labels_on_model_grid, read_each_way
-from .metrics import dice_scores
-from .mr_polarity import was_read_inverted
-from .networks.dual_stream import DUAL_STREAM, use_blended_statistics
-from .organ_enlargement import enlarge_organ
-from .organs import MODALITIES, ORGAN_BY_NAME
-from .safe_write import write_text_atomic
-from .training import TrainingRun, train_prepared
-from .training_data import PreparedCase, load_bundle, prepare_case
-from .weights import LoadedModel, load_weights
+from napari_mmseg.contrast_shifts import shifts_for
+from napari_mmseg.device import one_thread_per_worker, resolve_device
+from napari_mmseg.inference.mr_polarity import was_read_inverted
+from napari_mmseg.inference.segment import InferenceOptions, kept_reading, labels_on_model_grid, read_each_way
+from napari_mmseg.io.datasets import load_dataset, totalsegmentator_examples
+from napari_mmseg.io.safe_write import write_text_atomic
+from napari_mmseg.metrics import dice_scores
+from napari_mmseg.models.dual_stream import DUAL_STREAM, use_blended_statistics
+from napari_mmseg.models.weights import LoadedModel, load_weights
+from napari_mmseg.organs import MODALITIES, ORGAN_BY_NAME
+from napari_mmseg.study.config import StudyConfig
+from napari_mmseg.training.organ_enlargement import enlarge_organ
+from napari_mmseg.training.trainer import TrainingRun, train_prepared
+from napari_mmseg.training.training_data import PreparedCase, load_bundle, prepare_case
 
 ENLARGED_SPLEEN_FACTOR = 2.0  # in length: a typical spleen of 0.25 l becomes about 1.5–2 l
 ENLARGED_SPLEEN = "spleen enlarged 2× in length"
@@ -43,39 +43,6 @@ THIN_SLAB_SLICES = 20
 THIN_SLAB_CENTRES = {"kidneys": ("kidney_right", "kidney_left"), "liver and spleen": ("liver", "spleen")}
 ALL_CASES = "all cases"  # a task trained on every case (the files to ship), not tested
 TOTALSEG_PREFIX = "ts-example"
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    out_dir: Path
-    ct: Path | None = None  # dataset folders, or
-    bundle: Path | None = None  # prepared cases (`training_data.save_bundle`), e.g. on a GPU machine
-    mr: Path | None = None
-    totalseg: Path | None = None  # folder of TotalSegmentator's example CT and MR
-    preset: str = "light"
-    variants: tuple[str, ...] = ("individual", "joint", "msbn", "v4")
-    protocols: tuple[str, ...] = PROTOCOLS
-    repetitions: int = 3
-    folds: int = 2
-    steps: int | None = None  # N, per modality (default: the preset's)
-    batch_size: int | None = None  # default: the preset's
-    curve_points: int = 8  # validation Dice this many times along each run of repetition 0
-    workers: int = 1
-    device: str = "auto"
-    shipping_steps: int | None = None  # per modality: also train each variant on every case
-    stop_after_s: float | None = None  # tasks not begun by then are left for a later call
-    only_fold: int | None = None  # run this fold alone (a longer learning-curve run)
-    augment: str | None = None  # the preset's augmentation changed, "field=value,..." (AugmentationConfig)
-
-    def preset_used(self) -> Preset:
-        preset = PRESETS[self.preset].with_augmentation(self.augment)
-        if self.batch_size is not None:
-            preset = replace(preset, training=replace(preset.training, batch_size=self.batch_size))
-        return preset
-
-    @property
-    def steps_per_modality(self) -> int:
-        return self.steps if self.steps is not None else PRESETS[self.preset].training.steps
 
 
 @dataclass(frozen=True)
@@ -267,10 +234,10 @@ def run_task(task: StudyTask) -> tuple[StudyTask, float | None]:
     return task, seconds
 
 
-def run_study(study: StudyConfig, log=print, report: bool = True) -> Path:
-    """Run every task not yet cached (in `study.workers` processes), then write the report
-    (`report=False`: only the cached scores). Logs what each finished task took and an
-    estimate of the time left."""
+def run_study(study: StudyConfig, log=print) -> Path:
+    """Run every task not yet cached (in `study.workers` processes), caching their scores in
+    `study.out_dir` (returned; `study.report.write_report` turns them into tables). Logs what
+    each finished task took and an estimate of the time left."""
     out = Path(study.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = plan(study)
@@ -302,8 +269,4 @@ def run_study(study: StudyConfig, log=print, report: bool = True) -> Path:
                 finished(*result)
     if skipped:
         log(f"{skipped} tasks left for a later call (past stop_after_s)")
-    if not report:
-        return out
-    from .study_report import write_report
-
-    return write_report(out, study)
+    return out

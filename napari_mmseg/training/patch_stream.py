@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .training_data import PatchSampler
+from napari_mmseg.training.training_data import PatchSampler
 
 # batches each worker keeps ready: enough to ride out a slow patch (an enlarged organ's warp)
 PREFETCH = 4

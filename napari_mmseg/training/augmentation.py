@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import AugmentationConfig
-from .organ_enlargement import magnify_grid
-from .organs import NUM_CLASSES
+from napari_mmseg.config import AugmentationConfig
+from napari_mmseg.organs import NUM_CLASSES
+from napari_mmseg.training.organ_enlargement import magnify_grid
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:

@@ -19,13 +19,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import VARIANTS, NetworkConfig
-from .errors import OutputError, WeightsError
-from .metadata_schema import metadata_problem
-from .networks import MultiModalFCN
-from .organs import ORGANS, check_modality
-from .preprocessing import IntensityNorm
-from .safe_write import write_atomic
+from napari_mmseg.config import VARIANTS, NetworkConfig
+from napari_mmseg.errors import OutputError, WeightsError
+from napari_mmseg.io.safe_write import write_atomic
+from napari_mmseg.models.dual_stream import MultiModalFCN
+from napari_mmseg.models.metadata_schema import metadata_problem
+from napari_mmseg.organs import ORGANS, check_modality
+from napari_mmseg.preprocessing import IntensityNorm
 
 FORMAT_VERSION = 2  # 2: context_weight (older readers would skip the context pass: they must refuse)
 METADATA_KEY = "napari_mmseg"

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from .errors import OutputError
+from napari_mmseg.errors import OutputError
 
 PARTIAL_PREFIX = ".mmseg-partial-"
 

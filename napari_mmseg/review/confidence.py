@@ -10,7 +10,7 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from .preprocessing import values_to_native
+from napari_mmseg.preprocessing import values_to_native
 
 # Where the network is at least this sure of all eight grid voxels around a scan voxel, the
 # maps hold their certain values (confidence 1, uncertainty 0) instead of being

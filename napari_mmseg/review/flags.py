@@ -15,7 +15,7 @@ from types import MappingProxyType
 import numpy as np
 import SimpleITK as sitk
 
-from .organs import ORGAN_BY_LABEL, ORGANS
+from napari_mmseg.organs import ORGAN_BY_LABEL, ORGANS
 
 # 2.5th–97.5th percentiles of the organ volumes (ml) in the bundled weights' 40 training
 # label maps (24 BTCV CT, 16 CHAOS T2 MR): `python benchmarks/reference_volumes.py`.

@@ -19,19 +19,19 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .confidence import probability_maps
-from .context_grid import coarsen, refine, with_context
-from .contrast_shifts import invert
-from .device import mixed_precision, place, resolve_device, tune_cpu
-from .errors import Cancelled
-from .mr_polarity import PolarityChoice, organ_confidence, was_read_inverted
-from .networks import MultiModalFCN
-from .organ_pieces import without_stray_pieces
-from .organs import check_modality
-from .orientation_check import LiverFound, MirrorCheck, liver_found
-from .preprocessing import IntensityNorm, body_mask, guess_modality, probabilities_to_native, to_canonical
-from .review import ScanReview, review_image
-from .weights import LoadedModel
+from napari_mmseg.contrast_shifts import invert
+from napari_mmseg.device import mixed_precision, place, resolve_device, tune_cpu
+from napari_mmseg.errors import Cancelled
+from napari_mmseg.inference.context_grid import coarsen, refine, with_context
+from napari_mmseg.inference.mr_polarity import PolarityChoice, organ_confidence, was_read_inverted
+from napari_mmseg.inference.organ_pieces import without_stray_pieces
+from napari_mmseg.inference.orientation_check import LiverFound, MirrorCheck, liver_found
+from napari_mmseg.models.dual_stream import MultiModalFCN
+from napari_mmseg.models.weights import LoadedModel
+from napari_mmseg.organs import check_modality
+from napari_mmseg.preprocessing import IntensityNorm, body_mask, guess_modality, probabilities_to_native, to_canonical
+from napari_mmseg.review.confidence import probability_maps
+from napari_mmseg.review.flags import ScanReview, review_image
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]

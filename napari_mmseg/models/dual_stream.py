@@ -9,9 +9,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..config import VARIANTS, NetworkConfig
-from ..organs import MODALITIES
-from .blocks import BatchNorm, Decoder, ModalityBatchNorm, NormFactory, Scale, Stem
+from napari_mmseg.config import VARIANTS, NetworkConfig
+from napari_mmseg.models.blocks import BatchNorm, Decoder, ModalityBatchNorm, NormFactory, Scale, Stem
+from napari_mmseg.organs import MODALITIES
 
 PARTS = ("stem", "scale1", "scale2", "scale3", "bottleneck", "decoder")
 

@@ -1,0 +1,1 @@
+"""Segmenting a scan: sliding-window inference on the model grid and its checks."""

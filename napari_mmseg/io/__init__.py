@@ -1,0 +1,1 @@
+"""Reading and writing scans and labels: formats, geometry, datasets, files written whole."""

@@ -1,0 +1,1 @@
+"""Review aids: per-organ confidence, volumes and plausibility flags."""

@@ -1,0 +1,1 @@
+"""Training a network on unpaired CT and MR: patches, augmentation, the training loop."""
