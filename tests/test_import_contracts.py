@@ -14,7 +14,8 @@ pytest.importorskip("importlinter", reason="import-linter is installed with the 
 
 
 def lint_imports(cwd: Path, package_parent: Path) -> subprocess.CompletedProcess:
-    code = f"import sys; sys.path.insert(0, {str(package_parent)!r}); from importlinter.cli import lint_imports_command; lint_imports_command()"
+    code = (f"import sys; sys.path.insert(0, {str(package_parent)!r}); "
+            "from importlinter.cli import lint_imports_command; lint_imports_command()")
     return subprocess.run([sys.executable, "-c", code, "--no-cache"], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
 
