@@ -1,6 +1,7 @@
 """The package's layering (pyproject.toml, [tool.importlinter]) holds, and the contracts do
 catch a break: a copy of the package whose I/O imports Qt fails them."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ def lint_imports(cwd: Path, package_parent: Path) -> subprocess.CompletedProcess
     code = (f"import sys; sys.path.insert(0, {str(package_parent)!r}); "
             "from importlinter.cli import lint_imports_command; lint_imports_command()")
     return subprocess.run([sys.executable, "-c", code, "--no-cache"], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+                          encoding="utf-8", env={**os.environ, "PYTHONIOENCODING": "utf-8"}, timeout=120)
 
 
 def test_contracts_kept():
