@@ -22,7 +22,8 @@ import warnings
 from pathlib import Path
 
 import psutil
-from bench_segment import DATA, SYNTHETIC_SPACING, _largest_btcv, make_full_size
+from bench_common import DATA
+from segment_workloads import SYNTHETIC_SPACING, largest_btcv, make_full_size
 
 SIZE = (512, 512, 300)
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-review-") as tmp:
         scan = Path(tmp) / "full_size_ct.nii.gz"
-        make_full_size(_largest_btcv(DATA), scan, Path(tmp) / "labels.nii.gz", SIZE, SYNTHETIC_SPACING)
+        make_full_size(largest_btcv(DATA), scan, Path(tmp) / "labels.nii.gz", SIZE, SYNTHETIC_SPACING)
         for _ in range(args.repeats):
             for maps in ("1", "0"):
                 child = subprocess.run([sys.executable, __file__, "--one", str(scan), maps],

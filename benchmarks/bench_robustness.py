@@ -1,4 +1,4 @@
-"""Robustness benchmark (issue 10): Dice per organ of each variant on its validation cases as
+"""Robustness benchmark: Dice per organ of each variant on its validation cases as
 they are, on the same cases under contrast shifts made here (`napari_mmseg.contrast_shifts`),
 and on TotalSegmentator's example CT and MR.
 
@@ -41,7 +41,8 @@ from napari_mmseg.organs import MODALITIES, ORGAN_BY_NAME, ORGANS
 from napari_mmseg.study.experiment import ENLARGED_SPLEEN, ENLARGED_SPLEEN_FACTOR
 from napari_mmseg.training.organ_enlargement import enlarge_organ
 
-# The session-1 hold-out (seeded shuffle, seed 0), used when the weights name no cases.
+# The validation hold-out of `mmseg train --val-cases 2 --seed 0` (a seeded shuffle), used when
+# the weights name no cases.
 DEFAULT_CASES = {"CT": ["btcv_23", "btcv_05"], "MR": ["chaos_05", "chaos_33"]}
 AS_IS = "as is"
 ENLARGE_ALL_NOTE = ", on every labelled case (--enlarge-all), whether or not the weights were trained on it"
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", nargs="+", type=Path, help="weights files (default: every bundled one)")
     parser.add_argument("--cases", action="append", default=[], metavar="MOD=a,b",
-                        help="validation cases when the weights name none (default: the session-1 hold-out)")
+                        help="validation cases when the weights name none "
+                        "(default: CT=btcv_23,btcv_05, MR=chaos_05,chaos_33)")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (bias field)")

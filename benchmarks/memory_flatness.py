@@ -1,7 +1,7 @@
 """Memory flatness: `mmseg segment` run many times in one process must not grow.
 
 Each run is the whole command (read, segment, write through `safe_write` with its read-back
-check, with --overwrite onto the same file), as a plugin session or a batch would repeat it.
+check, with --overwrite onto the same file), as a long napari run or a batch would repeat it.
 The resident set size after each run is recorded, and the slope of a straight line fitted
 to the runs after a warm-up is printed in KB per run: a leak of one label volume per run
 shows as its size, a flat process as a few KB either way (allocator noise).

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--as-given", action="store_true",
-                    help="read MR only as given, not also inverted (as the scores before 2026-11-30's eighth session)")
+                    help="read MR only as given, not also inverted (as the earliest trial scores were read)")
     ap.add_argument("--out", default="runs/trial")
     args = ap.parse_args(argv)
     arms = [Arm.parse(a) for a in args.arm]

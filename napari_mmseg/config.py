@@ -9,11 +9,14 @@ VARIANTS = ("individual", "joint", "v1", "v2", "v3", "v4", "msbn")
 # The bundled weights to use when nobody says: one network for CT and MR, the best on CT and
 # within 0.02 of the best on MR in the cross-validated study at equal exposure, in-domain and
 # under contrast shifts, and the best shipped file on every benchmark column
-# (docs/results.md, docs/model-card.md).
+# (docs/results.md and docs/model-card.md).
 DEFAULT_VARIANT = "msbn"
 # How long the study trains a multi-modal network: as many steps per modality as an
 # individual network gets (2N in all), or the same total as the paper did (N).
 PROTOCOLS = ("equal-exposure", "same-total")
+# Where the networks run (`device.resolve_device`); here, apart from torch, so that the
+# command line parses its arguments without importing it.
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class AugmentationConfig:
     # convolutional remapping (below). With 0.6 and 0.75 one patch in ten kept its grey levels;
     # with 0.4 and 0.5, three in ten, and on the fold-0 held-out patients 800 steps gained in
     # every column, contrast shifts and the T1 proxy included (CT +0.009 as is, +0.008
-    # shifted; MR +0.009, +0.008; docs/results.md, "Twenty-second session")
+    # shifted; MR +0.009, +0.008; docs/results.md#training-recipe)
     p_curve: float = 0.4
     p_curve_non_monotone: float = 0.35  # of those, non-monotone (otherwise monotone)
     p_curve_inverted: float = 0.3  # of the monotone ones, decreasing (T1 ↔ T2)
@@ -97,18 +100,18 @@ class AugmentationConfig:
     # each axis scaled by a further exp(±this) of its own, so organs also change shape (a liver
     # whose left lobe reaches further across). Off: at 0.15 for 800 steps the held-out MR liver
     # rose 0.846 -> 0.852 but MR as is fell 0.009, one patient's spleen split in two
-    # (docs/results.md, "Twenty-sixth session")
+    # (docs/results.md#what-did-not-help)
     anisotropy: float = 0.0
     # of the rotated and scaled patches: a region magnified (organs larger than any we have).
     # At 0.5 for 800 steps the trial lost 0.02 on CT as is; at 0.25 for 2000 steps it gained
     # +0.05 (CT) and +0.09 (MR) with the spleen enlarged, and the two real enlarged MR spleens
-    # of fold 0, with nothing lost as is (docs/results.md, "Eleventh session")
+    # of fold 0, with nothing lost as is (docs/results.md#training-recipe)
     p_enlarge: float = 0.25
     enlarge_factor: tuple[float, float] = (1.2, 2.0)  # in length
     enlarge_radius: tuple[float, float] = (0.15, 0.4)  # of the patch's extent, before magnifying
     # patches drawn from the scan at twice the spacing, so that the network also knows organs
     # at half their size: on that grid (inference's context pass) an organ twice too large
-    # looks normal, and a window holds the whole abdomen (docs/results.md, "Context")
+    # looks normal, and a window holds the whole abdomen (docs/results.md#context-pass)
     p_coarse: float = 0.3
     # CT patches shown as gradient-echo MR shows fat: bright, and at fat–water boundaries
     # (in opposed phase) the dark rim of cancelled signal, from each voxel's fat fraction in HU
@@ -119,7 +122,7 @@ class AugmentationConfig:
     # shows it and normalised as an MR scan, so that the MR stream meets bright fat (T1),
     # which T2-SPIR (fat suppressed) never shows it; variants trained on both modalities.
     # Off: at 0.25 the trial gained MR +0.006 and lost MR slabs 0.022, the enlarged MR spleen
-    # 0.056 (docs/results.md, "Fourth session")
+    # 0.056 (docs/results.md#what-did-not-help)
     p_ct_as_mr: float = 0.0
 
     def changed(self, spec: str) -> AugmentationConfig:

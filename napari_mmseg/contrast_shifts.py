@@ -1,5 +1,5 @@
 """Contrast shifts of a labelled scan, to measure how a model copes with appearances its
-training data lacks (issue 10): gamma, inverted MR, CT as if uncontrasted, a moved CT scale,
+training data lacks: gamma, inverted MR, CT as if uncontrasted, a moved CT scale,
 a smooth bias field, thick slices.
 
 They are proxies, not real unseen scans: an inverted T2 is not a T1, and the uncontrasted CT

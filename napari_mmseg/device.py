@@ -11,9 +11,8 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 
+from napari_mmseg.config import DEVICE_CHOICES
 from napari_mmseg.errors import DeviceError
-
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
 def available_devices() -> list[str]:

@@ -86,8 +86,8 @@ def test_evaluate_agrees_with_an_independent_dice(capsys, tmp_path, data_dir):
     line = next(ln for ln in stdout.splitlines() if ln.startswith("liver"))
     assert float(line.split()[1]) == pytest.approx(expected, abs=1e-4)
     assert float(next(ln for ln in stdout.splitlines() if ln.startswith("spleen")).split()[1]) == 1.0
-    # and the explicit mapping gives the same
-    code, stdout2, _ = run(capsys, "evaluate", pred, ref, "--ref-labels", "liver=6,spleen=1,RK=2,left kidney=3")
+    # and the dataset's numbering by name gives the same
+    code, stdout2, _ = run(capsys, "evaluate", pred, ref, "--ref-labels", "BTCV")
     assert code == 0 and stdout2.splitlines()[1:] == stdout.splitlines()[1:]
     spacing = pred_img.GetSpacing()
     ml = next(s for s in dice_scores(ours, ours, spacing) if s.organ == "liver").predicted_ml
@@ -100,9 +100,9 @@ def test_evaluate_refuses_another_grid(capsys, data_dir):
     assert code == 1 and "same grid" in err and "Traceback" not in err
 
 
-def test_info_prints_the_metadata(capsys, tmp_path):
+def test_info_json_prints_the_metadata(capsys, tmp_path):
     path = make_weights(tmp_path / "w.safetensors", "v3")
-    code, stdout, _ = run(capsys, "info", path)
+    code, stdout, _ = run(capsys, "info", path, "--json")
     assert code == 0 and '"variant": "v3"' in stdout and '"spacing_mm": 4.0' in stdout
 
 

@@ -161,7 +161,8 @@ def test_full_disk_csv_and_weights(capfd, disk, tmp_path):
     labels = tiny_scan(tmp_path / "pred.nii.gz", np.ones((4, 5, 6), np.uint8))
     good = make_weights(disk / "w.safetensors")
     fill(disk, 0)
-    refused(capfd, ["evaluate", labels, labels, "--csv", disk / "t.csv"], disk, "No space left")
+    refused(capfd, ["evaluate", labels, labels, "--ref-labels", "mmseg", "--csv", disk / "t.csv"], disk,
+            "No space left")
     before = good.read_bytes()
     loaded = load_weights(good)
     with pytest.raises(OutputError, match="Cannot write"):
@@ -434,3 +435,281 @@ def test_reference_ids_given_twice(capfd, tmp_path, labels_pair):
 def test_unusable_dataset_json_beside_the_reference(capfd, tmp_path, labels_pair, content):
     (tmp_path / "dataset.json").write_text(content)
     refused(capfd, ["evaluate", *labels_pair], tmp_path, "dataset.json")
+
+
+# ---------------------------------------------------------------- what a header declares
+
+
+def _nifti_header(dims: tuple[int, ...], datatype: int = 4, bitpix: int = 16, pixdim=(1.0, 1.0, 1.0),
+                  sform=None) -> bytes:
+    """A NIfTI-1 header (348 bytes and an empty extension) declaring `dims` voxels."""
+    import struct
+
+    header = bytearray(352)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, len(dims), *dims, *[1] * (7 - len(dims)))
+    struct.pack_into("<2h", header, 70, datatype, bitpix)
+    struct.pack_into("<8f", header, 76, 1.0, *pixdim, *[1.0] * (7 - len(pixdim)))
+    struct.pack_into("<f", header, 108, 352.0)
+    struct.pack_into("<f", header, 112, 1.0)  # scl_slope
+    if sform is not None:
+        struct.pack_into("<2h", header, 252, 0, 1)  # no qform; an sform
+        struct.pack_into("<12f", header, 280, *np.ravel(sform))
+    header[344:348] = b"n+1\0"
+    return bytes(header)
+
+
+def _forged_gzip(path: Path, dims: tuple[int, ...]) -> Path:
+    """A few hundred bytes whose gzip trailer claims the whole declared size (so the
+    completeness check by trailer passes)."""
+    import gzip
+
+    data = bytearray(gzip.compress(_nifti_header(dims) + bytes(64)))
+    data[-4:] = ((352 + 2 * int(np.prod(dims))) % 2**32).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _nrrd(path: Path, sizes: str, encoding: str = "raw", data_file: str | None = None, data: bytes = b"",
+          spacings: str = "1 1 1") -> Path:
+    text = (f"NRRD0004\ntype: short\ndimension: 3\nsizes: {sizes}\nspacings: {spacings}\nencoding: {encoding}\n"
+            "endian: little\n")
+    text += f"data file: {data_file}\n" if data_file else "\n"
+    path.write_bytes(text.encode() + (b"" if data_file else data))
+    return path
+
+
+def _mhd(path: Path, data_file: str, size: str = "4 5 6", spacing: str = "1 1 1") -> Path:
+    path.write_text(f"ObjectType = Image\nNDims = 3\nDimSize = {size}\nElementSpacing = {spacing}\n"
+                    f"ElementType = MET_SHORT\nElementDataFile = {data_file}\n")
+    return path
+
+
+def _fifo(d: Path) -> Path:
+    os.mkfifo(d / "data.raw")
+    return _mhd(d / "fifo.mhd", "data.raw")
+
+
+def _linked_outside(d: Path) -> Path:
+    (d / "data.raw").symlink_to("/etc/passwd")
+    return _mhd(d / "linked.mhd", "data.raw")
+
+
+def _float_nifti(d: Path, name: str, value: float) -> Path:
+    values = np.arange(120, dtype=np.float32).reshape(4, 5, 6)
+    values[1, 2, 3] = value
+    return tiny_scan(d / name, values)
+
+
+def _pixdim(d: Path, name: str, pixdim) -> Path:
+    path = d / name
+    path.write_bytes(_nifti_header((6, 5, 4), pixdim=pixdim) + np.arange(120, dtype=np.int16).tobytes())
+    return path
+
+
+def _near_orthonormal_nifti(d: Path, shear: float) -> Path:
+    sform = np.array([[-2.0, 2 * shear, 0, 0], [0, -2.0, 0, 0], [0, 0, 3.0, 0]])
+    path = d / f"sform-{shear:g}.nii"
+    values = np.random.default_rng(0).normal(40, 10, (12, 20, 20)).astype(np.int16)
+    values[:, :, :4] = -1000
+    path.write_bytes(_nifti_header((20, 20, 12), pixdim=(2.0, 2.0, 3.0), sform=sform) + values.tobytes())
+    return path
+
+
+def _two_series(d: Path) -> Path:
+    folder = _dicom(d / "two", [0, 4, 8, 12])
+    other = _dicom(d / "other", [0, 5, 10])
+    for i, f in enumerate(sorted(other.iterdir())):  # into the first folder, as another series
+        image = sitk.ReadImage(str(f))
+        image.SetMetaData("0020|000e", "1.2.3.5")
+        image.SetMetaData("0008|0018", f"1.2.3.5.{i + 1}")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"b{i}.dcm"))
+        writer.Execute(image)
+    return folder
+
+
+HEADERS = {
+    "forged gzip trailer, 16384×16384×8": (lambda d: _forged_gzip(d / "big.nii.gz", (16384, 16384, 8)),
+                                           "declares|more than"),
+    "forged gzip trailer, 1000³": (lambda d: _forged_gzip(d / "g.nii.gz", (1000, 1000, 1000)),
+                                   "more than its .* compressed bytes"),
+    "NRRD declaring 1500³": (lambda d: _nrrd(d / "n.nrrd", "1500 1500 1500", data=bytes(5000)),
+                             r"1500 × 1500 × 1500 .*forged"),
+    "gzip NRRD declaring 900³": (lambda d: _nrrd(d / "z.nrrd", "900 900 900", "gzip", data=bytes(5000)),
+                                 "truncated, or its header is wrong"),
+    "raw NRRD shorter than declared": (lambda d: _nrrd(d / "s.nrrd", "40 40 40", data=bytes(5000)),
+                                       "holds .* bytes of data"),
+    "MHD on /dev/zero": (lambda d: _mhd(d / "z.mhd", "/dev/zero", "2000 2000 2000"), "outside the header's folder"),
+    "MHD on a FIFO": (_fifo, "not a regular file"),
+    "MHD on ../secret.raw": (lambda d: _mhd(d / "s.mhd", "../secret.raw"), "outside the header's folder"),
+    "MHD on a link out of its folder": (_linked_outside, "outside the header's folder"),
+    "NHDR on /etc/passwd": (lambda d: _nrrd(d / "p.nhdr", "4 5 6", data_file="/etc/passwd"),
+                            "outside the header's folder"),
+    "NHDR on a missing file": (lambda d: _nrrd(d / "m.nhdr", "4 5 6", data_file="absent.raw"), "does not exist"),
+    "/dev/zero itself": (lambda d: Path("/dev/zero"), "not a regular file"),
+    "Inf voxel in NIfTI": (lambda d: _float_nifti(d, "inf.nii", np.inf), "1 of 120 voxels .*NaN or infinite"),
+    "Inf voxel in NRRD": (lambda d: _float_nifti(d, "inf.nrrd", -np.inf), "NaN or infinite"),
+    "NIfTI pixdim 0": (lambda d: _pixdim(d, "zero.nii", (1.0, 0.0, 1.0)), r"voxel size of 1 × 0 × 1 mm"),
+    "NIfTI pixdim NaN": (lambda d: _pixdim(d, "nan.nii", (1.0, 1.0, float("nan"))), "voxel size .*nan"),
+    "NIfTI pixdim infinite": (lambda d: _pixdim(d, "inf.nii", (float("inf"), 1.0, 1.0)), "voxel size of inf"),
+    "NRRD spacing NaN": (lambda d: _nrrd(d / "sp.nrrd", "4 5 6", data=bytes(240), spacings="nan 1 1"),
+                         "voxel size of nan × 1 × 1"),
+    "MHA spacing 0": (lambda d: (d / "raw.raw").write_bytes(bytes(240)) and _mhd(d / "sp.mhd", "raw.raw",
+                                                                                 spacing="1 0 1"),
+                      "voxel size of 1 × 0 × 1"),
+    "direction 0.05 from orthonormal": (lambda d: _near_orthonormal_nifti(d, 0.05), "from orthonormal, beyond"),
+    "2-slice DICOM, 100 mm apart": (lambda d: _dicom(d / "two-slices", [0, 100]), "2 slice"),
+    "DICOM folder with two series": (_two_series, r"2 DICOM series \(1\.2\.3\.4 \(4 files\); 1\.2\.3\.5 .*folder of "
+                                                  "its own"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HEADERS))
+def test_headers_are_checked_before_any_voxel_is_read(capfd, tmp_path, tiny_weights, no_network, kind):
+    make, match = HEADERS[kind]
+    (tmp_path / "secret.raw").write_bytes(bytes(240))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    scan = make(folder)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    refused(capfd, segment_args(scan, tmp_path / "labels.nii.gz", tiny_weights), tmp_path, match)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100, f"refusing {kind} took {grown_mb:.0f} MB"
+
+
+def test_near_orthonormal_directions_are_read_as_the_nearest_rotation(capfd, tmp_path, tiny_weights):
+    """Orthonormal to 2·10⁻⁴, as converted clinical files often are: read, with a note."""
+    scan, out = _near_orthonormal_nifti(tmp_path, 2e-4), tmp_path / "labels.nii.gz"
+    capfd.readouterr()
+    assert main([str(a) for a in segment_args(scan, out, tiny_weights)[:-1]]) == 0
+    stdout = capfd.readouterr().out
+    assert "note: its direction cosines are orthonormal only to 2e-04" in stdout
+    direction = np.reshape(sitk.ReadImage(str(out)).GetDirection(), (3, 3))
+    assert np.allclose(direction @ direction.T, np.eye(3), atol=1e-6)
+    sheared = tiny_scan(tmp_path / "near.mha", direction=(1, 2e-4, 0, 0, 1, 0, 0, 0, 1))
+    assert main([str(a) for a in segment_args(sheared, tmp_path / "l2.nii.gz", tiny_weights)[:-1]]) == 0
+    assert "orthonormal only to 2e-04" in capfd.readouterr().out
+
+
+def test_paths_that_are_not_utf8(capfd, tmp_path, scan, tiny_weights):
+    bad = tmp_path / os.fsdecode(b"scan-\xff.nii.gz")
+    bad.write_bytes(scan.read_bytes())
+    refused(capfd, segment_args(bad, tmp_path / "labels.nii.gz", tiny_weights), tmp_path, r"not valid UTF-8")
+    folder = tmp_path / os.fsdecode(b"out-\xfe")
+    folder.mkdir()
+    refused(capfd, segment_args(scan, folder / "labels.nii.gz", tiny_weights), tmp_path, r"not valid UTF-8")
+
+
+# ---------------------------------------------------------------- training and averaging outputs
+
+
+def _train_args(ct, out, *extra) -> list:
+    return ["train", "--variant", "individual", "--ct", ct, "--steps", "1", "--batch-size", "1", "--val-cases", "0",
+            "--augment", "p_coarse=0", "--device", "cpu", "--out", out, "-q", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("data") / "ct", "CT", 2)
+
+
+def test_train_never_replaces_weights_unasked(capfd, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "individual-ct.safetensors").write_bytes(b"an earlier run's weights")
+    refused(capfd, _train_args(tmp_path / "absent", tmp_path / "run"), tmp_path, "exists; pass --overwrite")
+    start = make_weights(tmp_path / "run" / "v4.safetensors")
+    refused(capfd, ["train", "--variant", "v4", "--ct", tmp_path / "absent", "--init-weights", start, "--out",
+                    tmp_path / "run", "--overwrite"], tmp_path, "one of --init-weights")
+
+
+def test_a_garbage_checkpoint_is_one_line(capfd, tmp_path, tiny_dataset):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "individual-ct.checkpoint.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    capfd.readouterr()
+    assert main([str(a) for a in _train_args(tiny_dataset, run)]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(r"mmseg: error: .*checkpoint.pt is not a checkpoint of this run", err[0]), err
+    assert sorted(p.name for p in run.iterdir()) == ["individual-ct.checkpoint.pt", "train.log"]
+
+
+def test_training_on_a_full_disk_leaves_no_partial_checkpoint(capfd, disk, tiny_dataset):
+    capfd.readouterr()
+    assert main([str(a) for a in _train_args(tiny_dataset, disk / "run")]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(r"mmseg: error: Cannot write .*checkpoint.pt: .*disk full", err[0]), err
+    assert not [p.name for p in (disk / "run").iterdir() if p.name != "train.log"]
+
+
+def test_average_never_writes_over_one_of_its_inputs(capfd, tmp_path):
+    a, b = make_weights(tmp_path / "a.safetensors", "msbn", seed=0), make_weights(tmp_path / "b.safetensors",
+                                                                                   "msbn", seed=1)
+    refused(capfd, ["average", a, b, "-o", a, "--overwrite"], tmp_path, "one of the files averaged")
+    refused(capfd, ["average", a, b, "-o", tmp_path / "." / "b.safetensors", "--overwrite"], tmp_path,
+            "one of the files averaged")
+
+
+def test_average_refuses_a_lineage_record_without_its_keys(capfd, tmp_path, tiny_weights):
+    a = forge(tiny_weights, tmp_path / "a.safetensors",
+              lambda d: d.update(training={"averaged_from": [{"averaged_from": ["x.safetensors"]}]}))
+    b = forge(tiny_weights, tmp_path / "b.safetensors", lambda d: d.update(training={"earlier": ["not a record"]}))
+    for forged in (a, b):
+        refused(capfd, ["average", forged, tiny_weights, "-o", tmp_path / "soup.safetensors"], tmp_path,
+                "training record .* (lacks 'file'|is not a list of records)")
+    # a fine-tune records its start's lineage at the end: refused before any training
+    refused(capfd, ["train", "--variant", "v4", "--ct", tmp_path / "absent", "--init-weights", a, "--out",
+                    tmp_path / "run"], tmp_path, "lacks 'file'")
+
+
+def test_weights_relabelled_to_another_dtype_are_refused(capfd, tmp_path, scan, tiny_weights):
+    with safe_open(str(tiny_weights), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
+        metadata = f.metadata()
+    tensors = {k: t.half().view(torch.int16) if t.is_floating_point() else t for k, t in tensors.items()}
+    save_file(tensors, str(tmp_path / "i16.safetensors"), metadata=metadata)
+    refused(capfd, ["info", tmp_path / "i16.safetensors"], tmp_path, r"stores .* as int16, where the network holds "
+            "float32")
+    refused(capfd, segment_args(scan, tmp_path / "labels.nii.gz", tmp_path / "i16.safetensors"), tmp_path, "int16")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--variant", "msbn", "--batch-size", "0"],
+    ["train", "--variant", "msbn", "--steps", "0"],
+    ["train", "--variant", "msbn", "--val-cases", "-1"],
+    ["train", "--variant", "msbn", "--steps", "ten"],
+])
+def test_impossible_counts_are_usage_errors(capfd, argv):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_more_validation_cases_than_cases_and_empty_reference_ids(capfd, tmp_path, tiny_dataset, labels_pair):
+    refused(capfd, _train_args(tiny_dataset, tmp_path / "run", "--val-cases", "1000"), tmp_path,
+            "--val-cases 1000: the CT dataset has 2 case")
+    refused(capfd, ["evaluate", *labels_pair, "--ref-labels", ",,,"], tmp_path, "--ref-labels")
+
+
+# ---------------------------------------------------------------- signals at any moment
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_while_starting_is_one_line(capfd, tmp_path, scan, tiny_weights, monkeypatch, sig, code, word):
+    from napari_mmseg.models import weights as weights_module
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+        raise AssertionError("the signal was not delivered")
+
+    monkeypatch.setattr(weights_module, "load_weights", signalled)
+    capfd.readouterr()
+    assert main([str(a) for a in segment_args(scan, tmp_path / "labels.nii.gz", tiny_weights)]) == code
+    assert capfd.readouterr().err.strip().splitlines() == [f"mmseg: {word}"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "main restores the handlers"

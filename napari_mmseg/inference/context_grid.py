@@ -21,7 +21,7 @@ COARSE_FACTOR = 2  # the context grid's spacing, in model voxels
 # times as large as the sliding windows do (an organ too large for them). Always blended,
 # it cost about 0.01 Dice on every scan of normal size and up to 0.06 on contrast-shifted
 # MR; gated, 0.002 on scans as they are, 0.02–0.03 still on the hard MR contrasts (gamma 2,
-# inverted). Both chosen on held-out patients (docs/results.md, "Context"). Scans shorter
+# inverted). Both chosen on held-out patients (docs/results.md#context-pass). Scans shorter
 # than one window along z get no context pass (`inference.predict_scan`).
 CONTEXT_WEIGHT = 0.5
 CONTEXT_GATE = 1.5
@@ -32,7 +32,7 @@ CONTEXT_GATE = 1.5
 # held-out patients with the spleen enlarged this gained +0.013 (CT) and +0.036 (MR) over the
 # blend (the spleen itself 0.67 → 0.72 and 0.66 → 0.74), while scans whose organs grow less
 # than 2× (the gate firing on normal scans, at 1.56–1.76×) keep the blend
-# (docs/results.md, "Twenty-second session").
+# (docs/results.md#context-pass).
 CONTEXT_TAKEOVER = 2.0
 
 

@@ -8,16 +8,16 @@ looks more like what the MR stream was trained on. The network is asked both way
 reading it is surer of — by a margin — gives the labels. Only for MR: a CT's Hounsfield units
 have one meaning in every scan.
 
-Surer is judged organ by organ (`organ_confidence`). Until the twenty-fourth session it was
-judged voxel by voxel, and one large organ the network was unsure of — an enlarged spleen on
-a T2 scan — outweighed the rest: `joint` read such scans inverted and lost up to 0.13 of
-their mean Dice. On the 8 held-out T2 patients of fold 0 (a network trained without them; 80
-scans: as they are, under gamma, inversion, bias field and thick slices, with the spleen
-enlarged, cut to slabs; and TotalSegmentator's T1-like MR) the organ-by-organ rule kept the
+Surer is judged organ by organ (`organ_confidence`). Judged voxel by voxel instead, one
+large organ the network is unsure of — an enlarged spleen on a T2 scan — outweighs the rest:
+`joint` read such scans inverted and lost up to 0.13 of their mean Dice. On the 8 held-out
+T2 patients of fold 0 (a network trained without them; 80 scans: as they are, under gamma,
+inversion, bias field and thick slices, with the spleen enlarged, cut to slabs; and
+TotalSegmentator's T1-like MR) the organ-by-organ rule kept the
 better reading of all 81, the voxel rule missed two; on the 16 training patients (81 scans
 each, the spleen enlarged and inverted among them) three `msbn` and `joint` files chose the
 worse of two readings that differed by more than 0.02 in 2–3 scans, against 6–11
-(docs/results.md, "Twenty-fourth session").
+(docs/results.md#mr-read-both-ways-round).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 # The inverted reading must be surer of its organs by more than this. On held-out T2 scans
-# where it was the worse reading it was at most −0.0007 surer (fold 0, twenty-fourth session;
-# 0.0062 in the eighth, judged voxel by voxel); where it was the better one, 0.020 or more.
+# where it was the worse reading it was at most −0.0007 surer (fold 0; 0.0062 when judged
+# voxel by voxel); where it was the better one, 0.020 or more.
 INVERSION_MARGIN = 0.007
 
 

@@ -3,7 +3,7 @@ are stray (a speck of "liver" in the stomach, a corner of the spleen called kidn
 become background, as nnU-Net's post-processing removes all but the largest component.
 
 Pieces of comparable size stay (a kidney cut in two halves by thick slices is still both
-halves), and the review flags the split. Decided on held-out patients: docs/results.md.
+halves), and the review flags the split. Decided on held-out patients: docs/results.md#stray-pieces.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from napari_mmseg.organs import ORGANS
 
 # A piece smaller than this fraction of its organ's largest piece is stray. On the fold-0
 # held-out patients, 0.5 gained as much as keeping only the largest piece where that
-# helped, and lost nothing where that hurt (the enlarged spleen in MR): docs/results.md.
+# helped, and lost nothing where that hurt (the enlarged spleen in MR): docs/results.md#stray-pieces.
 STRAY_FRACTION = 0.5
 
 

@@ -3,12 +3,12 @@ metadata is wrong (an x direction cosine negated, a header rewritten by a conver
 
 A network that has learned where organs lie labels such a scan by position: "liver" on the
 patient's right, where that scan has its spleen and stomach, and "spleen" over the real
-liver. The review's side check (`review.py`) cannot see that, every label being on its
+liver. The review's side check (`review/flags.py`) cannot see that, every label being on its
 expected side, and its volume check only when the false liver comes out small. The network
 itself can tell: run once more on the left–right mirror image, it is surer of the liver in
 whichever of the two looks like an abdomen. Its certainty, not the liver's size: a spleen
 larger than the liver, mirrored, fills the liver's place and is called liver, but less
-surely than the real one (docs/results.md, "Seventh session").
+surely than the real one (docs/results.md#mirror-check).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ LIVER = ORGAN_BY_NAME["liver"].label
 # probability beat the mirror image's by 0.053 or more on every whole scan of ours (40
 # training scans and TotalSegmentator's two, with every shipped network), so a mirrored one
 # is flagged; with the spleen enlarged to twice the liver's size the mirror image was
-# sometimes the surer, by up to 0.038 (docs/results.md, "Seventh session"). A narrow gap:
+# sometimes the surer, by up to 0.038 (docs/results.md#mirror-check). A narrow gap:
 # a spleen larger still may raise the flag on a scan that is right.
 CONFIDENCE_MARGIN = 0.04
 # Below this much liver in both images the comparison says nothing: in 60 mm slabs at the

@@ -183,7 +183,7 @@ def predict_scan(
 
     A scan shorter than one window along z (a slab: a breath-hold series, a small field of
     view) gets no context pass: the windows already see all of its length, and on 60 mm slabs
-    of held-out patients the pass cost Dice (docs/results.md, "Third session").
+    of held-out patients the pass cost Dice (docs/results.md#thin-slabs).
 
     `windows_seen(probs, normalised)` is shown the windows' probabilities before any blending,
     and the normalised intensities they read."""

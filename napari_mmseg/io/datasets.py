@@ -30,10 +30,46 @@ from napari_mmseg.io.scan_io import (
     read_scan,
     strip_suffix,
 )
-from napari_mmseg.organs import ORGAN_BY_NAME, canonical_organ_name, check_modality
+from napari_mmseg.organs import ORGAN_BY_NAME, ORGANS, canonical_organ_name, check_modality
 
-# BTCV's 13 organ ids (Landman et al. 2015); the ones we segment, by our names.
-BTCV_LABELS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 6}
+
+@dataclass(frozen=True)
+class LabelConvention:
+    """What a label file's ids mean: the ids of our organs, and every id that has a meaning
+    at all (our organs and the other structures the dataset labels), so that an id with no
+    meaning is noticed instead of being read as background."""
+
+    name: str
+    organs: dict[str, int]  # our organ name → the file's id
+    known_ids: frozenset[int]
+
+    def label_map(self) -> dict[int, int]:
+        """The file's id → our organ id."""
+        return {src: ORGAN_BY_NAME[name].label for name, src in self.organs.items()}
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {self.organs[name]}" for name in ORGAN_BY_NAME if name in self.organs)
+
+
+def _preset(name: str, organs: dict[str, int], last_id: int) -> LabelConvention:
+    return LabelConvention(name, organs, frozenset(range(1, last_id + 1)))
+
+
+# Public datasets' ids, checked against their own label lists: BTCV's 13 organs (Landman et
+# al. 2015); CHAOS as SSL-ALPNet's conversion numbers the T2-SPIR masks (the release's PNGs
+# use grey values, `CHAOS_GREY`); AMOS's 15 (Ji et al. 2022); TotalSegmentator v2's 117 CT
+# classes, whose MR task (56 classes) gives our organs the same ids.
+LABEL_PRESETS: dict[str, LabelConvention] = {
+    p.name: p
+    for p in (
+        _preset("mmseg", {o.name: o.label for o in ORGANS}, len(ORGANS)),  # this tool's output
+        _preset("BTCV", {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 6}, 13),
+        _preset("CHAOS", {"liver": 1, "kidney_right": 2, "kidney_left": 3, "spleen": 4}, 4),
+        _preset("AMOS", {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 6}, 15),
+        _preset("TotalSegmentator", {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5}, 117),
+    )
+}
+
 # CHAOS MR masks: grey value per organ (63, 126, 189, 252) with the tolerance bands the
 # challenge documents, so that a mask re-saved with slight rounding still maps.
 CHAOS_GREY = {
@@ -168,7 +204,7 @@ def load_nnunet_dataset(folder: str | os.PathLike, modality: str | None = None) 
 def load_btcv_folder(folder: str | os.PathLike) -> list[LabelledCase]:
     """Every labelled case of a BTCV folder (`img/imgXXXX` paired with `label/labelXXXX`), CT."""
     root = Path(folder)
-    label_map = label_map_from_names(BTCV_LABELS)
+    label_map = LABEL_PRESETS["BTCV"].label_map()
     cases = []
     for img in sorted((root / "img").glob("img*")):
         suffix = path_suffix(img)
@@ -235,15 +271,11 @@ def load_dataset(folder: str | os.PathLike, modality: str | None = None) -> list
     return cases
 
 
-# TotalSegmentator's ids of our organs in its example label files
-TOTALSEG_IDS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5}
-
-
 def totalsegmentator_examples(folder: str | os.PathLike) -> list[LabelledCase]:
     """TotalSegmentator's example CT and MR (labels made by its model, not by hand); the
     ones present in `folder`."""
     root = Path(folder)
-    mapping = label_map_from_names(TOTALSEG_IDS)
+    mapping = LABEL_PRESETS["TotalSegmentator"].label_map()
     cases = [
         LabelledCase("ts-example-ct", "CT", root / "example_ct_sm.nii.gz", root / "example_seg.nii.gz", mapping),
         LabelledCase("ts-example-mr (not T2)", "MR", root / "example_mr_sm.nii.gz", root / "example_seg_mr.nii.gz",

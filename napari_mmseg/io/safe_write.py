@@ -145,7 +145,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool, ma
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool, make_parents: bool = False) -> Path:
-    return write_bytes_atomic(path, text.encode("utf-8"), overwrite, make_parents)
+    """UTF-8; a file name that is not valid UTF-8 (in a report's rows) keeps its own bytes."""
+    return write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"), overwrite, make_parents)
 
 
 def write_csv_atomic(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence], overwrite: bool) -> Path:

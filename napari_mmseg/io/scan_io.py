@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
+import struct
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,14 +21,32 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_mmseg.errors import OutputError, ScanError
+from napari_mmseg.io.header_checks import (
+    DEFLATE_MAX_RATIO,
+    check_bytes_on_disk,
+    check_declared_size,
+    data_layout,
+    declared_size,
+    sitk_path,
+)
 from napari_mmseg.io.safe_write import write_atomic
 
-SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 # Voxel types a scan keeps; any other is converted to float32. A CT stays int16: half the
 # memory of float32, and no conversion pass (0.2-0.8 s for 512×512×300 in a fresh process
 # here, mostly page faults on the new 315 MB).
 SCAN_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16), np.dtype(np.float32))
+# How far from orthonormal a direction matrix may be (largest entry of DᵀD − I) and still be
+# read as the rotation nearest to it: converted clinical files are often off by about 2·10⁻⁴
+# from rounding, and at 10⁻³ the rotation moves no point of a 500 mm field of view by more
+# than 0.5 mm, under a voxel. Beyond it the grid is sheared or scaled, and taking it as a
+# rotation would misplace the anatomy by more than a voxel.
+DIRECTION_TOLERANCE = 1e-3
+
+
+class ScanNote(UserWarning):
+    """How a scan was read where that was not the plain way (e.g. its direction made orthonormal)."""
 
 
 def path_suffix(path: str | os.PathLike) -> str:
@@ -41,17 +62,33 @@ def strip_suffix(path: str | os.PathLike) -> str:
 
 
 def dicom_series_files(folder: str | os.PathLike) -> tuple[str, ...]:
-    """The slice files of the folder's largest series (the volume a user means), in GDCM's
-    order by slice position; empty when the folder holds no DICOM series."""
+    """The slice files of the folder's one series, in GDCM's order by slice position; empty
+    when the folder holds no DICOM series. Several series are refused: which one the user
+    means cannot be guessed (the largest may be a localiser stack or another phase)."""
     reader = sitk.ImageSeriesReader
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    return max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len, default=())
+    name = sitk_path(folder, "DICOM folder")
+    series = reader.GetGDCMSeriesIDs(name)
+    if len(series) > 1:
+        listed = "; ".join(f"{s} ({len(reader.GetGDCMSeriesFileNames(name, s))} files)" for s in series[:5])
+        raise ScanError(f"{folder} holds {len(series)} DICOM series ({listed}{' …' if len(series) > 5 else ''}): "
+                        "move each series into a folder of its own and pass the folder of the one to segment.")
+    return reader.GetGDCMSeriesFileNames(name, series[0]) if series else ()
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
     files = dicom_series_files(folder)
     if not files:
         raise ScanError(f"{folder} is a folder without a DICOM series: give a scan file or a DICOM folder.")
+    if len(files) < 3:
+        raise ScanError(f"{folder}: a DICOM series of {len(files)} slice(s) is not a volume whose slice spacing "
+                        "can be checked; give a series of at least 3 slices.")
+    first = sitk.ImageFileReader()
+    first.SetFileName(sitk_path(files[0]))
+    try:
+        first.ReadImageInformation()
+    except RuntimeError as e:
+        raise ScanError(f"Cannot read the DICOM series in {folder}: {_first_line(e)}") from None
+    check_declared_size(folder, (*first.GetSize()[:2], len(files)))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -72,7 +109,7 @@ def _check_even_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder
     evenly spaced, distorting the anatomy: refuse it."""
     key = "0020|0032"  # Image Position (Patient)
     n = image.GetDepth()
-    if n < 3 or not all(reader.HasMetaDataKey(i, key) for i in range(n)):
+    if not all(reader.HasMetaDataKey(i, key) for i in range(n)):
         return
     try:
         positions = np.array([[float(v) for v in reader.GetMetaData(i, key).split("\\")] for i in range(n)])
@@ -96,8 +133,6 @@ def _first_line(e: Exception) -> str:
 
 def _nifti_layout(header: bytes) -> tuple[str, int, int, int, int] | None:
     """Byte order, voxel count, bits per voxel, datatype code and data offset of a NIfTI-1 header."""
-    import struct
-
     if len(header) < 348:
         return None
     for order in "<>":
@@ -127,8 +162,22 @@ def _open_nifti(p: Path):
     return gzip.open(p, "rb") if path_suffix(p) == ".nii.gz" else open(p, "rb")
 
 
-def _nifti_nan_count(p: Path) -> tuple[int, int]:
-    """NaN voxels in a float NIfTI file, and all voxels: ITK's reader turns NaN into 0."""
+def _nifti_spacing_problem(p: Path) -> str | None:
+    """ITK's NIfTI reader takes a voxel size of 0, NaN or infinity as 1 mm: a wrong scale, silently."""
+    with _open_nifti(p) as f:
+        header = f.read(348)
+    for order in "<>":
+        if len(header) == 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            ndim = max(0, min(struct.unpack(order + "h", header[40:42])[0], 3))
+            pixdim = struct.unpack(order + "8f", header[76:108])[1 : 1 + ndim]
+            if not all(np.isfinite(v) and v != 0 for v in pixdim):
+                shown = " × ".join(f"{v:g}" for v in pixdim)
+                return f"the header gives a voxel size of {shown} mm (0, NaN or infinite: SimpleITK would take 1 mm)"
+    return None
+
+
+def _nifti_nonfinite_count(p: Path) -> tuple[int, int]:
+    """NaN or infinite voxels in a float NIfTI file, and all voxels: ITK's reader turns them into 0."""
     with _open_nifti(p) as f:
         layout = _nifti_layout(f.read(348))
         if layout is None or layout[3] not in NIFTI_FLOATS:
@@ -139,7 +188,8 @@ def _nifti_nan_count(p: Path) -> tuple[int, int]:
         nan, chunk = 0, 1 << 22
         for start in range(0, n, chunk):
             data = f.read(min(chunk, n - start) * dtype.itemsize)
-            nan += int(np.isnan(np.frombuffer(data[: len(data) // dtype.itemsize * dtype.itemsize], dtype)).sum())
+            values = np.frombuffer(data[: len(data) // dtype.itemsize * dtype.itemsize], dtype)
+            nan += values.size - int(np.isfinite(values).sum())
     return nan, n
 
 
@@ -159,6 +209,9 @@ def _check_nifti_complete(p: Path) -> None:
         try:
             with gzip.open(p, "rb") as f:
                 expected = _nifti_expected_bytes(f.read(348))
+            if expected is not None and expected > DEFLATE_MAX_RATIO * p.stat().st_size + 4096:
+                raise ScanError(f"{p} declares {expected:,} bytes, more than its {p.stat().st_size:,} compressed "
+                                "bytes can hold: it is truncated, or its header is forged; copy it again.")
             with open(p, "rb") as f:
                 f.seek(-4, os.SEEK_END)
                 stored = int.from_bytes(f.read(4), "little")  # gzip trailer: size mod 2**32
@@ -173,20 +226,46 @@ def _check_nifti_complete(p: Path) -> None:
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Any image SimpleITK reads (file or DICOM folder), with a clear error when it cannot."""
+    """Any image SimpleITK reads (file or DICOM folder), with a clear error when it cannot;
+    what the file declares is checked before any voxel is read (`header_checks`)."""
     p = Path(path)
+    sitk_path(p)
     if not p.exists():
         raise ScanError(f"{p} does not exist: check the path.")
     if p.is_dir():
         return _read_dicom_series(p)
-    if p.stat().st_size == 0:
+    st = p.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise ScanError(f"{p} is not a regular file (a device, pipe or socket): give a scan file.")
+    if st.st_size == 0:
         raise ScanError(f"{p} is an empty file.")
+    layout = data_layout(p)
+    if layout is not None and layout.spacing_problem() is not None:
+        raise ScanError(f"{p}: {layout.spacing_problem()}; fix the header.")
     _check_nifti_complete(p)
-    if path_suffix(p) in (".nii", ".nii.gz"):
-        nan, total = _nifti_nan_count(p)
-        if nan:
-            raise ScanError(f"{p}: {_share(nan, total)} are NaN (SimpleITK would read them as 0); "
-                            "fix or re-export the file.")
+    nifti = path_suffix(p) in (".nii", ".nii.gz")
+    permissive = _nifti_sform_deviation(p) if nifti else None
+    with _sform_permissive(permissive is not None):
+        size, nbytes = declared_size(p)
+        check_declared_size(p, size)
+        if layout is not None:
+            check_bytes_on_disk(p, layout, nbytes)
+        if nifti:
+            problem = _nifti_spacing_problem(p)
+            if problem is not None:
+                raise ScanError(f"{p}: {problem}; fix the header.")
+            bad, total = _nifti_nonfinite_count(p)
+            if bad:
+                raise ScanError(f"{p}: {_share(bad, total)} are NaN or infinite (SimpleITK would read them as "
+                                "0); fix or re-export the file.")
+        image = _read_file(p)
+    if permissive:
+        warnings.warn(ScanNote(f"its direction cosines are orthonormal only to {permissive:.0e} (common in "
+                               "converted data): read as the nearest rotation"), stacklevel=2)
+    return image
+
+
+def _read_file(p: Path) -> sitk.Image:
     try:
         if path_suffix(p) == ".nii.gz" and p.with_name(strip_suffix(p) + ".nii").exists():
             # nifticlib opens `x.nii` instead of the `x.nii.gz` asked for when both exist
@@ -211,6 +290,60 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         ) from None
 
 
+def _direction_deviation(direction: np.ndarray) -> float:
+    """How far a direction matrix is from a rotation: the largest entry of DᵀD − I."""
+    return float(np.abs(direction.T @ direction - np.eye(3)).max())
+
+
+def _nifti_sform_deviation(p: Path) -> float | None:
+    """For a NIfTI file whose only orientation is an sform that is a rotation up to rounding,
+    that rounding (ITK refuses such a file unless told to take the nearest rotation); None
+    when ITK reads the file as it is. Beyond `DIRECTION_TOLERANCE`, a refusal that says why."""
+    with _open_nifti(p) as f:
+        header = f.read(348)
+    for order in "<>":
+        if len(header) == 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            qform_code, sform_code = struct.unpack(order + "2h", header[252:256])
+            if qform_code > 0 or sform_code <= 0:
+                return None
+            rows = np.array(struct.unpack(order + "12f", header[280:328]), np.float64).reshape(3, 4)[:, :3]
+            norms = np.linalg.norm(rows, axis=0)
+            if not np.all(np.isfinite(rows)) or not np.all(norms > 0):
+                return None  # the pixdim check says what is wrong
+            deviation = _direction_deviation(rows / norms)
+            if deviation <= 1e-6:
+                return None
+            if deviation > DIRECTION_TOLERANCE:
+                raise ScanError(
+                    f"{p}: its direction cosines (sform) are {deviation:.1g} from orthonormal, beyond the "
+                    f"{DIRECTION_TOLERANCE:g} that rounding explains: the grid is sheared or scaled, and cannot "
+                    "be segmented or saved faithfully; resample it first."
+                )
+            return deviation
+    return None
+
+
+@contextlib.contextmanager
+def _sform_permissive(on: bool) -> Iterator[None]:
+    """ITK's switch to read a NIfTI sform as the nearest rotation (its warnings held: the
+    deviation is reported as a note instead)."""
+    if not on:
+        yield
+        return
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    before = os.environ.get("ITK_NIFTI_SFORM_PERMISSIVE")
+    os.environ["ITK_NIFTI_SFORM_PERMISSIVE"] = "1"
+    sitk.ProcessObject.GlobalWarningDisplayOff()
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+        if before is None:
+            os.environ.pop("ITK_NIFTI_SFORM_PERMISSIVE", None)
+        else:
+            os.environ["ITK_NIFTI_SFORM_PERMISSIVE"] = before
+
+
 def check_volume(image: sitk.Image, what: str = "scan") -> None:
     """A 3-D, single-channel, real-valued volume, at least 2 voxels along every axis, whose
     direction matrix is a rotation (a sheared or scaled one cannot be written back as it is)."""
@@ -232,12 +365,21 @@ def check_volume(image: sitk.Image, what: str = "scan") -> None:
             f"The {what} has size {tuple(image.GetSize())}: a single slice is a 2-D image; "
             "give a 3-D volume."
         )
+    if not all(np.isfinite(v) and v > 0 for v in image.GetSpacing()):
+        raise ScanError(f"The {what}'s voxel size {image.GetSpacing()} mm is not positive and finite: fix the header.")
     direction = np.reshape(image.GetDirection(), (3, 3))
-    if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-4):
+    deviation = _direction_deviation(direction)
+    if deviation > DIRECTION_TOLERANCE or not np.isfinite(deviation):
         raise ScanError(
             f"The {what}'s direction matrix {np.round(direction, 3).tolist()} is sheared or scaled, not a "
-            "rotation: such a grid cannot be segmented or saved faithfully; resample it first."
+            f"rotation ({deviation:.1g} from orthonormal, beyond the {DIRECTION_TOLERANCE:g} that rounding "
+            "explains): such a grid cannot be segmented or saved faithfully; resample it first."
         )
+    if deviation > 1e-4:  # rounding: the nearest rotation (polar decomposition)
+        u, _, vt = np.linalg.svd(direction)
+        image.SetDirection((u @ vt).ravel().tolist())
+        warnings.warn(ScanNote(f"its direction cosines are orthonormal only to {deviation:.0e} (common in "
+                               "converted data): read as the nearest rotation"), stacklevel=2)
 
 
 def segmentable(values: np.ndarray) -> np.ndarray:
@@ -348,6 +490,10 @@ def write_labels(
     """Write labels with the reference scan's exact geometry, never over `source`; the file
     is complete and reads back as written, or it is not there (`safe_write.write_atomic`)."""
     out = Path(path)
+    try:
+        sitk_path(out.parent, "output folder")
+    except ScanError as e:
+        raise OutputError(str(e)) from None
     suffix = path_suffix(out)
     if suffix not in LABEL_SUFFIXES:
         raise ScanError(f"Cannot write labels to {out.name}: use .nii.gz, .nii, .nrrd or .mha.")

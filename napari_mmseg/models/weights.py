@@ -103,10 +103,10 @@ def build_model(meta: ModelMetadata) -> MultiModalFCN:
 
 
 def save_weights(
-    model: MultiModalFCN, meta: ModelMetadata, path: str | os.PathLike, half: bool = False
+    model: MultiModalFCN, meta: ModelMetadata, path: str | os.PathLike, half: bool = False, overwrite: bool = True
 ) -> Path:
-    """Write tensors and metadata whole or not at all (replacing an older file of that name);
-    `half` stores float tensors as float16."""
+    """Write tensors and metadata whole or not at all (replacing an older file of that name
+    only with `overwrite`); `half` stores float tensors as float16."""
     tensors = {}
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -133,7 +133,7 @@ def save_weights(
         except SafetensorError as e:  # the Rust writer's I/O errors, e.g. a full disk
             raise OutputError(f"Cannot write {path}: {str(e).rpartition(': ')[2] or e}.") from None
 
-    return write_atomic(path, write, overwrite=True, verify=verify, make_parents=True)
+    return write_atomic(path, write, overwrite=overwrite, verify=verify, make_parents=True)
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
@@ -196,6 +196,14 @@ def load_weights(
             if keys
         )
         raise WeightsError(f"{p.name} does not match a {meta.variant} network as its metadata describes: {what}.")
+    retyped = [k for k in expected if stored[k].is_floating_point() != expected[k].is_floating_point()
+               or stored[k].dtype.is_complex or stored[k].dtype == torch.bool]
+    if retyped:
+        k = retyped[0]
+        raise WeightsError(f"{p.name} stores {k} as {str(stored[k].dtype).removeprefix('torch.')}, where the network "
+                           f"holds {str(expected[k].dtype).removeprefix('torch.')}"
+                           f"{f' (and {len(retyped) - 1} more like it)' if len(retyped) > 1 else ''}: the file is "
+                           "damaged or forged.")
     broken = [k for k in expected if stored[k].is_floating_point() and not torch.isfinite(stored[k]).all()]
     if broken:
         raise WeightsError(f"{p.name} holds NaN or infinite weights ({', '.join(broken[:3])}): it is damaged.")
@@ -236,7 +244,8 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> LoadedModel:
     # one record a file, though a fine-tune names its start by file name and the average by path
     records: list[dict] = []
     for p, m in zip(paths, loaded, strict=True):
-        records += [r for r in lineage(m.meta.training, str(p)) if not any(_same_file(r, seen) for seen in records)]
+        records += [r for r in checked_lineage(m.meta.training, str(p))
+                    if not any(_same_file(r, seen) for seen in records)]
     training = {"averaged_from": [str(p) for p in paths], "earlier": records}
     presets = {m.meta.training.get("preset") for m in loaded}
     if len(presets) == 1:
@@ -260,6 +269,20 @@ def lineage(training: dict, file: str) -> list[dict]:
     if "averaged_from" in own:
         own["averaged_from"] = _flattened(own["averaged_from"], legacy)
     return earlier + legacy + [{"file": file, **own}]
+
+
+def checked_lineage(training: dict, file: str) -> list[dict]:
+    """`lineage`, with a record this program could not have written (an `averaged_from` entry
+    without its file, an `earlier` entry that is not a record) refused in one sentence."""
+    try:
+        records = lineage(training, file)
+        for record in records:
+            str(record["file"])
+    except (KeyError, TypeError, AttributeError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else "is not a list of records"
+        raise WeightsError(f"{file}: its training record (how it was made: earlier, averaged_from) {what}; the "
+                           "file was not written by napari-mmseg or was edited.") from None
+    return records
 
 
 def _same_file(a: dict, b: dict) -> bool:

@@ -19,12 +19,14 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from napari_mmseg.config import Preset
 from napari_mmseg.device import mixed_precision, place, resolve_device, sampler_workers, tune_cpu
+from napari_mmseg.errors import OutputError, WeightsError
 from napari_mmseg.inference.context_grid import context_weight
 from napari_mmseg.inference.segment import labels_on_model_grid, predict_scan
 from napari_mmseg.io.datasets import LabelledCase
+from napari_mmseg.io.safe_write import write_atomic
 from napari_mmseg.metrics import dice_scores
 from napari_mmseg.models.dual_stream import MultiModalFCN
-from napari_mmseg.models.weights import ModelMetadata, lineage, load_weights, read_metadata, save_weights
+from napari_mmseg.models.weights import ModelMetadata, checked_lineage, load_weights, read_metadata, save_weights
 from napari_mmseg.organs import MODALITIES
 from napari_mmseg.training.patch_stream import resampling_device, training_batches
 from napari_mmseg.training.training_data import PatchSampler, PreparedCase, fit_normalization, prepare_case
@@ -48,6 +50,8 @@ class TrainingRun:
     # processes drawing batches beside the trainer (`patch_stream`); None: as the device
     # suits (`device.sampler_workers`). They change the speed, never the batches.
     sampler_workers: int | None = None
+    # replace weights already in `out_dir` (the command line passes its --overwrite)
+    overwrite: bool = True
 
     @property
     def total_steps(self) -> int:
@@ -81,6 +85,38 @@ def _distributed() -> tuple[int, int, bool]:
     if started:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world, started) if world > 1 else (0, 1, False)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Whole or not at all, as every file (`safe_write`): a full disk keeps the previous one."""
+
+    def write(tmp: Path) -> None:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError:  # torch's writer reports a short write so ("enforce fail at inline_container")
+            raise OutputError(f"Cannot write {path}: the writer failed (is the disk full?).") from None
+
+    def verify(tmp: Path) -> None:
+        try:
+            torch.load(tmp, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 (whatever the unpickler raises: the file is not whole)
+            raise OutputError(f"Cannot write {path}: the written file reads back incomplete (is the disk full?).") \
+                from None
+
+    write_atomic(path, write, overwrite=True, verify=verify)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    device: torch.device) -> int:
+    """Resume from a checkpoint this program wrote; anything else is refused in one sentence."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"])
+    except Exception as e:  # noqa: BLE001 (unpickling, shapes, keys: all mean "not this run's checkpoint")
+        raise WeightsError(f"{path} is not a checkpoint of this run ({type(e).__name__}): remove it to start "
+                           "afresh, or give another --out.") from None
 
 
 def validate(
@@ -165,6 +201,10 @@ def train_prepared(
     )
     step = 0
     checkpoint = out / f"{run.name}.checkpoint.pt"
+    weights = out / f"{run.name}.safetensors"
+    # how the start was made, read now: a record it cannot give is refused before the training
+    earlier = None if run.init_weights is None else checked_lineage(
+        read_metadata(run.init_weights).training, Path(run.init_weights).name)
     if run.init_weights is not None and not checkpoint.is_file():
         start = load_weights(run.init_weights, run.variant)
         if start.meta.network != run.preset.network or start.meta.modalities != run.modalities:
@@ -174,10 +214,7 @@ def train_prepared(
         if rank == 0:
             log(f"{run.name} starts from {run.init_weights}")
     if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
+        step = load_checkpoint(checkpoint, model, optimizer, device)
         if rank == 0:
             log(f"resumed {run.name} at step {step}")
     train_model = model
@@ -210,9 +247,8 @@ def train_prepared(
         if rank != 0:
             continue
         if step % cfg.checkpoint_every == 0 or step == run.total_steps:
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
-            os.replace(tmp, checkpoint)
+            save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "step": step})
         if any(held_out.values()) and (step % cfg.validate_every == 0 or step == run.total_steps):
             scores = validate(model, held_out, norms, cfg.patch_size, cfg.spacing_mm, device, context)
             history.append({"step": step, **{m: s["mean"] for m, s in scores.items()}})
@@ -223,7 +259,6 @@ def train_prepared(
                 f"{time.perf_counter() - t0:.0f} s")
     if bar is not None:
         bar.close()
-    weights = out / f"{run.name}.safetensors"
     if rank == 0:
         final = {}
         if any(held_out.values()):  # the last step's validation, unless the loop just ran it
@@ -244,8 +279,7 @@ def train_prepared(
                       "world_size": world, "device": str(device),
                       "wall_time_s": round(time.perf_counter() - t0, 1), "validation_history": history,
                       # how the start was made: without it a fine-tune's file forgets every earlier round
-                      **({} if run.init_weights is None else {"earlier": lineage(
-                          read_metadata(run.init_weights).training, Path(run.init_weights).name)})},
+                      **({} if earlier is None else {"earlier": earlier})},
             validation_dice={
                 "cases": {m: [c.name for c in held_out[m]] for m in run.modalities},
                 "on": "model grid",
@@ -253,7 +287,7 @@ def train_prepared(
             },
             context_weight=context,
         )
-        save_weights(model, meta, weights)
+        save_weights(model, meta, weights, overwrite=run.overwrite)
         log(f"wrote {weights}" + (f"; validation {json.dumps(final)}" if final else ""))
     if world > 1:
         dist.barrier()
