@@ -11,7 +11,7 @@ from napari_mmseg.metrics import dice_scores
 from napari_mmseg.organs import ORGAN_BY_NAME
 from napari_mmseg.plugin.conventions import CONVENTIONS, OURS, to_our_ids
 from napari_mmseg.plugin.dice_panel import CUSTOM, DicePanel
-from napari_mmseg.plugin.layers import GEOMETRY, labels_kwargs
+from napari_mmseg.plugin.layers import GEOMETRY, MODEL, labels_kwargs
 
 pytestmark = pytest.mark.gui
 LIVER = ORGAN_BY_NAME["liver"].label
@@ -90,3 +90,26 @@ def test_layers_of_different_shape_give_a_message(viewer):
     panel.update_scores()
     assert "differ in shape" in panel.message
     assert panel.scores == [] and not panel["export"].enabled
+
+
+def test_defaults_never_offer_one_layer_as_both_prediction_and_reference(make_napari_viewer):
+    viewer = make_napari_viewer()
+    grid = np.zeros((4, 8, 8), np.uint8)
+    reference = viewer.add_labels(grid, name="case reference")
+    panel = DicePanel(viewer)
+    assert panel["reference"].value is reference and panel["prediction"].value is None  # one layer: one box
+    panel.update_scores()
+    assert "two different Labels layers" in panel.message
+
+    edited = viewer.add_labels(grid.copy(), name="edited")
+    assert panel["prediction"].value is edited and panel["reference"].value is reference
+    result = viewer.add_labels(grid.copy(), name="case msbn", metadata={MODEL: {"variant": "msbn"}})
+    assert panel["prediction"].value is result and panel["reference"].value is reference  # the newest result
+
+    viewer.layers.remove(reference)
+    assert panel["prediction"].value is result and panel["reference"].value is edited
+
+    alone = make_napari_viewer()
+    labels = alone.add_labels(grid.copy(), name="labels")
+    panel = DicePanel(alone)
+    assert panel["prediction"].value is labels and panel["reference"].value is None

@@ -46,7 +46,8 @@ def save_labels():
 def test_manifest_is_valid_and_declares_every_contribution():
     manifest = PluginManifest.from_distribution("napari-mmseg")  # through the entry point
     contributions = manifest.contributions
-    assert {w.display_name for w in contributions.widgets} == {"Organ segmentation", "Dice per organ"}
+    assert {w.display_name for w in contributions.widgets} == {"Organ segmentation", "Dice per organ",
+                                                                "Assisted correction"}
     assert {s.key for s in contributions.sample_data} == {"ct", "mr_t2", "mr_other"}
     assert contributions.readers[0].accepts_directories
     assert contributions.writers[0].layer_types == ["labels"]
@@ -195,11 +196,12 @@ def test_label_conventions_map_to_our_ids_by_name(tmp_path):
 
 def test_plugin_modules_do_not_import_torch():
     """napari imports the manifest's modules when it starts or opens a file; torch waits
-    until a segmentation widget opens."""
+    until a segmentation or correction panel opens."""
     code = (
         "import sys\n"
         "import napari_mmseg.plugin.reader, napari_mmseg.plugin.writer, napari_mmseg.plugin.sample_data\n"
         "import napari_mmseg.plugin.widget, napari_mmseg.plugin.dice_panel, napari_mmseg.plugin.launch\n"
+        "import napari_mmseg.plugin.correction\n"
         "print('torch' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -20,6 +20,7 @@ from setuptools import find_packages
 
 from napari_mmseg.io.scan_io import SCAN_DTYPES
 from napari_mmseg.plugin import launch, sample_data
+from napari_mmseg.plugin.correction import CorrectionPanel
 from napari_mmseg.plugin.dice_panel import DicePanel
 from napari_mmseg.plugin.sample_data import (
     CACHE_ENV,
@@ -69,7 +70,7 @@ def test_each_sample_is_a_scan_with_aligned_reference_labels(offline, sample, sh
     assert image.dtype in SCAN_DTYPES  # as stored (the CT is int16), never float64
     for key in ("scale", "translate"):
         assert np.array_equal(image_kwargs[key], labels_kwargs[key])
-    assert labels_kwargs["name"].endswith(f"({convention})")
+    assert labels_kwargs["name"].endswith(" reference") and labels_kwargs["metadata"]["mmseg_convention"] == convention
     assert "Liver" in set(labels_kwargs["features"]["organ"])
     assert image_kwargs["metadata"]["mmseg_scan"].startswith(str(embedded_dir()))
     assert not any(offline.iterdir()), "nothing was downloaded"
@@ -146,9 +147,9 @@ def test_launcher_offline_shows_the_ct_and_its_reference_in_colour_where_a_radio
     drawn, liver red on the screen's left (patient right), left kidney yellow on the right."""
     monkeypatch.setattr(launch.napari, "Viewer", lambda **kwargs: make_napari_viewer(show=True, **kwargs))
     viewer = launch.open_viewer("ct")
-    assert [layer.name for layer in viewer.layers] == ["example_ct", "example_ct reference (TotalSegmentator)"]
+    assert [layer.name for layer in viewer.layers] == ["example_ct", "example_ct reference"]
     docked = viewer.window.dock_widgets.values()
-    assert {type(w) for w in docked} == {SegmentationWidget, DicePanel}
+    assert {type(w) for w in docked} == {SegmentationWidget, CorrectionPanel, DicePanel}
     widget = next(w for w in docked if isinstance(w, SegmentationWidget))
     assert widget["scan"].value is viewer.layers["example_ct"] and widget["modality"].value == "CT"
     assert widget["model"].value != "file" and widget["run"].enabled
@@ -168,6 +169,44 @@ def test_launcher_offline_shows_the_ct_and_its_reference_in_colour_where_a_radio
 
 
 @pytest.mark.gui
+@pytest.mark.parametrize("size", [None, (1600, 1000)], ids=["default size", "1600x1000"])
+def test_launcher_first_view_fits_the_whole_scan_and_cuts_no_text(offline, make_napari_viewer, monkeypatch, qtbot,
+                                                                   size):
+    """The view is fitted to the canvas the docked panels leave (not to the bare window), at
+    napari's default window size and at 1600 × 1000; no line of the panels is cut; the Dice
+    panel does not offer the reference as the prediction."""
+    monkeypatch.setattr(launch.napari, "Viewer", lambda **kwargs: make_napari_viewer(show=True, **kwargs))
+    viewer = launch.open_viewer("ct")
+    if size is not None:
+        viewer.window.resize(*size)
+    qtbot.wait(300)
+    extent = viewer.layers.extent.world[:, 1:]  # (y, x) of the scan in world millimetres
+    height, width = viewer.canvas.size
+    on_screen = viewer.scene.camera.zoom * (extent[1] - extent[0])
+    assert (on_screen <= (height, width)).all(), f"scan {on_screen} px in a {width} × {height} canvas"
+    assert (on_screen / (height, width)).max() == pytest.approx(0.95, abs=0.01), "fitted: 95 % of the canvas"
+    assert np.allclose(viewer.scene.camera.center[1:], extent.mean(axis=0))
+
+    docked = viewer.window.dock_widgets.values()
+    widget = next(w for w in docked if isinstance(w, SegmentationWidget))
+    correction = next(w for w in docked if isinstance(w, CorrectionPanel))
+    assert not widget.native.visibleRegion().isEmpty(), "the segmentation panel is in front"
+    assert correction.native.visibleRegion().isEmpty(), "correction: a tab behind segmentation"
+    hint = widget["modality_hint"].native
+    assert hint.isVisible() and "Suggested from the intensities: CT" in hint.text()
+    assert hint.height() >= hint.heightForWidth(hint.width()), "the modality hint is cut"
+    panel = next(w for w in docked if isinstance(w, DicePanel))
+    assert panel["reference"].value is viewer.layers["example_ct reference"]
+    assert panel["prediction"].value is None
+
+    viewer.scene.camera.zoom *= 2  # the user zooms: a later resize leaves their view alone
+    zoom = viewer.scene.camera.zoom
+    viewer.window.resize(1200, 800)
+    qtbot.wait(200)
+    assert viewer.scene.camera.zoom == zoom
+
+
+@pytest.mark.gui
 def test_launcher_offline_without_embedded_samples_opens_the_widgets_alone(
     not_embedded, offline, make_napari_viewer, monkeypatch
 ):
@@ -176,5 +215,5 @@ def test_launcher_offline_without_embedded_samples_opens_the_widgets_alone(
     monkeypatch.setattr(launch, "show_warning", warnings.append)
     viewer = launch.open_viewer("ct")
     assert len(viewer.layers) == 0
-    assert len(viewer.window.dock_widgets) == 2
+    assert len(viewer.window.dock_widgets) == 3
     assert "Could not download" in warnings[0]

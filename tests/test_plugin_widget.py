@@ -116,6 +116,8 @@ def test_run_adds_an_aligned_coloured_layer_with_organ_volumes_and_review(viewer
     layer.paint((15, 50, 60), 2)
     qtbot.waitUntil(lambda: spleen_ml() > before, timeout=2000)
     assert spleen_ml() == pytest.approx((layer.data == 2).sum() * voxel_ml, abs=0.05)
+    assert f"Spleen: {spleen_ml():.1f} ml" in widget["organs"].value  # the panel lists the edited volume
+    assert "(volumes as edited)" in widget["organs"].value
     assert layer.features.set_index("index").loc[2, "confidence"] == features.loc[2, "confidence"]  # kept
     layer.undo()
     qtbot.waitUntil(lambda: spleen_ml() == before, timeout=2000)

@@ -1,33 +1,43 @@
 """Regenerate the user guide's screenshots from real runs in the real napari window.
 
-    xvfb-run -a -s "-screen 0 1600x1200x24" python docs/img/screenshots.py [NAME ...] [--out DIR]
+    xvfb-run -a -s "-screen 0 1920x1200x24" python docs/img/screenshots.py [NAME ...] [--out DIR]
 
 NAME is any of the pictures below (default: all). Uses the embedded samples and the bundled
-default weights (`msbn`) on the CPU: a few minutes on two cores. napari loads the plugin that `import
-napari_mmseg` finds: the installed one, or the checkout given first in PYTHONPATH. Each picture's caption in
-docs/user-guide.md says what it shows; the script prints the numbers it saw (flags, Dice).
+default weights (`msbn`, and the correction model) on the CPU: a few minutes on two cores.
+napari starts with a fresh configuration of its own (no window size remembered from earlier
+use), so `start` is the window exactly as `mmseg-napari` first opens; nothing is zoomed or
+re-fitted by hand. napari loads the plugin that `import napari_mmseg` finds: the installed
+one, or the checkout given first in PYTHONPATH. Each picture's caption in docs/user-guide.md
+says what it shows; the script prints the numbers it saw (flags, Dice, seconds per click).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-from napari.qt import get_qapp
-from PIL import Image
+os.environ.setdefault("NAPARI_CONFIG", str(Path(tempfile.mkdtemp()) / "settings.yaml"))  # before napari loads
 
-from napari_mmseg.organs import ORGAN_BY_NAME
-from napari_mmseg.plugin.conventions import CONVENTIONS, to_our_ids
-from napari_mmseg.plugin.dice_panel import DicePanel
-from napari_mmseg.plugin.launch import open_viewer
-from napari_mmseg.plugin.widget import SegmentationWidget
+import numpy as np  # noqa: E402
+from napari.qt import get_qapp  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from napari_mmseg.organs import ORGAN_BY_NAME  # noqa: E402
+from napari_mmseg.plugin.conventions import CONVENTIONS, to_our_ids  # noqa: E402
+from napari_mmseg.plugin.correction import CorrectionPanel  # noqa: E402
+from napari_mmseg.plugin.dice_panel import DicePanel  # noqa: E402
+from napari_mmseg.plugin.launch import open_viewer  # noqa: E402
+from napari_mmseg.plugin.widget import SegmentationWidget  # noqa: E402
 
 HERE = Path(__file__).parent
 WINDOW = (1500, 1100)
 KIDNEY_RIGHT = ORGAN_BY_NAME["kidney_right"].label
+SPLEEN = ORGAN_BY_NAME["spleen"].label
 
 
 def settle(seconds: float = 1.0) -> None:
@@ -51,22 +61,26 @@ def panels(viewer) -> tuple[SegmentationWidget, DicePanel]:
             next(w for w in docked if isinstance(w, DicePanel)))
 
 
+def correction_panel(viewer) -> CorrectionPanel:
+    return next(w for w in viewer.window.dock_widgets.values() if isinstance(w, CorrectionPanel))
+
+
 SAMPLES = {"ct": ("example_ct", "TotalSegmentator"), "mr_t2": ("chaos_t2_patient_2", "CHAOS"),
            "mr_other": ("example_mr", "TotalSegmentator")}
 
 
-def start(sample: str):
-    """The `mmseg-napari` window on a sample, at the axial slice with most kidney."""
+def start(sample: str, window: tuple[int, int] | None = WINDOW):
+    """The `mmseg-napari` window on a sample (at `window`'s size; None: as it opens), at the
+    axial slice with most kidney. The launcher keeps the scan fitted to the canvas."""
     scan, convention = SAMPLES[sample]
     viewer = open_viewer(sample)
-    viewer.window._qt_window.resize(*WINDOW)
-    reference = viewer.layers[f"{scan} reference ({convention})"]
+    if window is not None:
+        viewer.window.resize(*window)
+    reference = viewer.layers[f"{scan} reference"]
     ours = to_our_ids(np.asarray(reference.data), CONVENTIONS[convention])
     kidney = (ours == KIDNEY_RIGHT) | (ours == ORGAN_BY_NAME["kidney_left"].label)
     z = int(np.argmax(kidney.sum(axis=(1, 2))))
     viewer.dims.set_point(0, viewer.layers[scan].data_to_world((z, 0, 0))[0])
-    viewer.reset_view()
-    viewer.scene.camera.zoom *= 0.85  # the canvas is taller than wide: the whole width in view
     settle()
     return viewer, reference, z
 
@@ -90,11 +104,16 @@ def run(viewer, modality: str):
     return viewer.layers[f"{widget['scan'].value.name} {variant}"]
 
 
-def as_opened(out: Path) -> None:
-    """`mmseg-napari` as it opens: the CT sample and its reference, ready to run."""
-    viewer, _, _ = start("ct")
-    save(viewer, out / "start.png")
-    viewer.close()
+def as_opened(name: str, window: tuple[int, int] | None):
+    """`mmseg-napari` as it opens (None: napari's own first window size), the CT sample and
+    its reference, ready to run."""
+
+    def take(out: Path) -> None:
+        viewer, _, _ = start("ct", window)
+        save(viewer, out / f"{name}.png")
+        viewer.close()
+
+    return take
 
 
 def after_a_run(name: str, sample: str, modality: str, then: Callable[..., None] | None = None):
@@ -161,8 +180,54 @@ def mirrored(out: Path) -> None:
         viewer.close()
 
 
+def click_on_screen(viewer, layer, voxel) -> None:
+    """A real left click of the mouse on the canvas, where `voxel` of `layer` is drawn."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    camera = viewer.scene.camera
+    world = np.asarray(layer.data_to_world(voxel))[-2:]
+    row, col = (world - np.asarray(camera.center[-2:])) * camera.zoom + np.asarray(viewer.canvas.size) / 2
+    canvas = viewer.window._qt_viewer.canvas.native  # napari has no public handle on the canvas widget
+    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(round(col), round(row)))
+
+
+def correct_missed_spleen(out: Path) -> None:
+    """The default msbn's result on the CT sample with its spleen erased (one paint step, as a
+    network that missed it would leave it); in correct mode, one click in the middle of the
+    spleen: before and after, the Dice panel against the reference beside them."""
+    viewer, reference, _ = start("ct")
+    reference.visible = False
+    result = run(viewer, "CT")
+    dice = panels(viewer)[1]
+    spleen = np.asarray(result.data) == SPLEEN
+    if not spleen.any():
+        raise SystemExit("the result has no spleen to erase")
+    result.data_setitem(np.nonzero(spleen), 0)
+    z = int(np.argmax(spleen.sum(axis=(1, 2))))
+    depth = ndimage.distance_transform_edt(spleen[z])
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    viewer.dims.set_point(0, result.data_to_world((z, 0, 0))[0])
+    panel = correction_panel(viewer)
+    panel.native.parent().raise_()  # its tab in front
+    panel["labels"].value = result
+    panel["organ"].value = SPLEEN
+    panel["correct"].value = True
+    settle(1.5)
+    print(f"before: spleen Dice {dice.scores[SPLEEN - 1].dice:.3f}")
+    save(viewer, out / "correct-before.png")
+    click_on_screen(viewer, result, (z, int(y), int(x)))
+    while panel.busy or not panel.seconds:
+        settle(0.1)
+    settle(1.5)
+    print(f"after one click: spleen Dice {dice.scores[SPLEEN - 1].dice:.3f}; {panel.status}")
+    save(viewer, out / "correct-after.png")
+    viewer.close()
+
+
 PICTURES: dict[str, Callable[[Path], None]] = {
-    "start": as_opened,
+    "start": as_opened("start", None),
+    "start-1600x1000": as_opened("start-1600x1000", (1600, 1000)),
     "ct-review": after_a_run("ct-review", "ct", "CT"),
     "mr-review": after_a_run("mr-review", "mr_t2", "MR"),
     "wrong-modality": after_a_run("wrong-modality", "mr_t2", "CT"),  # warned before, flagged after
@@ -170,6 +235,7 @@ PICTURES: dict[str, Callable[[Path], None]] = {
     "annotator-dice": after_a_run("annotator-dice", "ct", "CT", paint_missed_kidney),
     "mirrored-review": mirrored,
     "t1-review": after_a_run("t1-review", "mr_other", "MR"),  # read with its grey levels inverted
+    "correct": correct_missed_spleen,  # correct-before.png and correct-after.png
 }
 
 

@@ -8,28 +8,31 @@ The prediction follows the newest result of the segmentation widget until the us
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, Table
+from magicgui.widgets import ComboBox, Container, LineEdit, PushButton, Table
 from napari.layers import Labels
-from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QSizePolicy, QStyledItemDelegate
+from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QStyledItemDelegate
 
 from napari_mmseg.errors import OutputError
 from napari_mmseg.io.safe_write import write_csv_atomic
 from napari_mmseg.metrics import OrganScore, dice_scores, mean_dice
 from napari_mmseg.organs import ORGAN_BY_NAME
 from napari_mmseg.plugin.conventions import CONVENTIONS, OURS, parse_mapping, to_our_ids
-from napari_mmseg.plugin.edits import EditWatcher
+from napari_mmseg.plugin.edits import EditWatcher, OffThread
 from napari_mmseg.plugin.layers import CONVENTION, LABEL_NAMES, MODEL
+from napari_mmseg.plugin.panel_layout import TextLines, narrow
 
 if TYPE_CHECKING:
     import napari
 
 AUTO = "auto"
+_REFERENCE_NAME = re.compile(r"(?<![a-z0-9])(ref|reference|ground[ _-]?truth|gt|manual)(?![a-z0-9])", re.IGNORECASE)
 CUSTOM = "custom"
 _COLUMNS = ("Dice", "pred. ml", "ref. ml")  # volumes of the prediction and the reference
 
@@ -44,8 +47,8 @@ class DicePanel(Container):
         self._choosing = False  # the panel, not the user, is setting the layer choices
         self.prediction_picked = False  # the user chose the prediction: stop following new results
 
-        self._prediction = ComboBox(name="prediction", label="Prediction", choices=self._labels_choices)
-        self._reference = ComboBox(name="reference", label="Reference", choices=self._labels_choices)
+        self._prediction = ComboBox(name="prediction", label="Prediction", choices=self._labels_choices, nullable=True)
+        self._reference = ComboBox(name="reference", label="Reference", choices=self._labels_choices, nullable=True)
         self._convention = ComboBox(
             name="convention",
             label="Reference ids",
@@ -59,18 +62,18 @@ class DicePanel(Container):
         self._table.native.setItemDelegate(QStyledItemDelegate(self._table.native))  # our number format
         self._table.native.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self._table.native.setMinimumHeight(150)
-        self._message = Label(name="message")
-        for widget in (self._table, self._message):
-            widget.label = ""  # no caption beside them
-        self._message.native.setWordWrap(True)
-        self._message.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)  # full width
+        self._message = TextLines(name="message")
+        self._table.label = ""  # no caption beside it
         self._export = PushButton(name="export", text="Export CSV…")
+        narrow(self._prediction, self._reference, characters=20)
+        narrow(self._convention, characters=16)
         self.extend([
             self._prediction, self._reference, self._convention, self._mapping, self._table, self._message,
             self._export,
         ])
 
-        self._edits = EditWatcher(self.update_scores, self.native)
+        self._refresh = OffThread(self._job, _scores, self._show_result)  # edits: the GUI never waits for Dice
+        self._edits = EditWatcher(self._refresh.request, self.native)
 
         self._mapping.visible = False
         for widget in (self._prediction, self._reference):
@@ -88,6 +91,7 @@ class DicePanel(Container):
 
     def _on_closed(self, _object: Any = None) -> None:
         """The panel is gone (napari closing): stop listening to the viewer and its layers."""
+        self._refresh.close()
         self._viewer.layers.events.inserted.disconnect(self._on_inserted)
         self._viewer.layers.events.removed.disconnect(self._refresh_layers)
         self._unwatch()
@@ -126,14 +130,18 @@ class DicePanel(Container):
                 self._prediction.value = layer
 
     def _pick_defaults(self) -> None:
-        """A layer with stored names in another convention is most likely the reference."""
+        """Fill the choices the user has not made, never with one layer twice: the reference a
+        layer named like one (or whose names come from another dataset's ids), the prediction
+        the newest segmentation result, else the newest other layer; one box stays empty when
+        there is no second layer."""
         layers = [layer for _, layer in self._labels_choices()]
-        if len(layers) < 2 or self._prediction.value is not self._reference.value:
-            return
-        references = [layer for layer in layers if layer.metadata.get(CONVENTION) not in (None, OURS)]
-        reference = references[0] if references else layers[0]
-        self._reference.value = reference
-        self._prediction.value = next(layer for layer in reversed(layers) if layer is not reference)
+        prediction = _one_of(self._prediction.value, layers)
+        reference = _one_of(self._reference.value, layers)
+        if reference is None or reference is prediction:
+            reference = _default_reference(layers, prediction if self.prediction_picked else None)
+        if prediction is None or prediction is reference:
+            prediction = _default_prediction(layers, reference)
+        self._reference.value, self._prediction.value = reference, prediction
 
     def _on_convention(self, _value: Any = None) -> None:
         self._mapping.visible = self._convention.value == CUSTOM
@@ -162,29 +170,31 @@ class DicePanel(Container):
         return CONVENTIONS[choice]
 
     def update_scores(self) -> None:
-        """Recompute the table now; problems go to the panel's message line."""
+        """Recompute the table now, on this thread; problems go to the panel's message line."""
         self._edits.cancel()
-        self.scores = []
-        try:
-            self.scores = self._compute()
-        except ValueError as e:
-            self._show([], str(e))
-            return
-        mean = mean_dice(self.scores)
-        self._show(self.scores, f"Mean Dice {mean:.3f} over the organs present." if not np.isnan(mean) else "")
+        self._show_result(_scores(*self._job()))
 
-    def _compute(self) -> list[OrganScore]:
+    def _job(self) -> tuple[Any, ...]:
+        """What a Dice computation needs, gathered on the GUI thread: the layers' arrays (by
+        reference), their names, the voxel size; or why there is nothing to compute."""
         prediction, reference = self._prediction.value, self._reference.value
-        if prediction is None or reference is None or prediction is reference:
-            raise ValueError("Choose a prediction and a reference: two different Labels layers.")
-        if prediction.data.shape != reference.data.shape:
-            raise ValueError(
-                f"{prediction.name} {tuple(prediction.data.shape)} and {reference.name} "
-                f"{tuple(reference.data.shape)} differ in shape: Dice needs both on the same grid."
-            )
-        predicted = to_our_ids(np.asarray(prediction.data), prediction.metadata.get(LABEL_NAMES) or CONVENTIONS[OURS])
-        expected = to_our_ids(np.asarray(reference.data), self._reference_names(reference))
-        return dice_scores(predicted, expected, tuple(prediction.scale))
+        try:
+            if prediction is None or reference is None or prediction is reference:
+                raise ValueError("Choose a prediction and a reference: two different Labels layers.")
+            if prediction.data.shape != reference.data.shape:
+                raise ValueError(
+                    f"{prediction.name} {tuple(prediction.data.shape)} and {reference.name} "
+                    f"{tuple(reference.data.shape)} differ in shape: Dice needs both on the same grid."
+                )
+            reference_names = self._reference_names(reference)
+        except ValueError as e:
+            return (str(e),)
+        prediction_names = prediction.metadata.get(LABEL_NAMES) or CONVENTIONS[OURS]
+        return "", prediction.data, prediction_names, reference.data, reference_names, tuple(prediction.scale)
+
+    def _show_result(self, result: tuple[list[OrganScore], str]) -> None:
+        self.scores, message = result
+        self._show(self.scores, message)
 
     def _show(self, scores: list[OrganScore], message: str) -> None:
         self._table.value = {
@@ -214,6 +224,44 @@ class DicePanel(Container):
             self._message.value = str(e)
             return
         self._message.value = f"Saved {path}."
+
+
+def _scores(problem: str, *arrays_and_names: Any) -> tuple[list[OrganScore], str]:
+    """Dice and volumes per organ, and the line under the table (a worker thread's work)."""
+    if problem:
+        return [], problem
+    prediction, prediction_names, reference, reference_names, spacing = arrays_and_names
+    scores = dice_scores(to_our_ids(np.asarray(prediction), prediction_names),
+                         to_our_ids(np.asarray(reference), reference_names), spacing)
+    mean = mean_dice(scores)
+    return scores, f"Mean Dice {mean:.3f} over the organs present." if not np.isnan(mean) else ""
+
+
+def _one_of(layer: Labels | None, layers: list[Labels]) -> Labels | None:
+    """`layer` if it is still among `layers`, else None."""
+    return layer if any(layer is other for other in layers) else None
+
+
+def looks_like_reference(layer: Labels) -> bool:
+    """Named like a reference (`… reference`, `ground truth`, `gt`, `manual`), or labelled in
+    another dataset's ids (read from its dataset.json or a known dataset)."""
+    return bool(_REFERENCE_NAME.search(layer.name)) or layer.metadata.get(CONVENTION) not in (None, OURS)
+
+
+def _default_reference(layers: list[Labels], prediction: Labels | None) -> Labels | None:
+    """A layer that looks like a reference; else, of two or more, the oldest that is not a result."""
+    candidates = [layer for layer in layers if layer is not prediction and MODEL not in layer.metadata]
+    named = [layer for layer in candidates if looks_like_reference(layer)]
+    if named:
+        return named[0]
+    return candidates[0] if candidates and len(layers) > 1 else None
+
+
+def _default_prediction(layers: list[Labels], reference: Labels | None) -> Labels | None:
+    """The newest segmentation result; else the newest layer that is not the reference."""
+    others = [layer for layer in reversed(layers) if layer is not reference]
+    results = [layer for layer in others if MODEL in layer.metadata]
+    return (results or others or [None])[0]
 
 
 def _fmt(value: float, digits: int) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from napari_mmseg.plugin.layers import LayerData, display_name
+from napari_mmseg.plugin.layers import LayerData
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -45,12 +45,12 @@ def with_fresh_volumes(features: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFr
     return fresh.merge(review, on="index", how="left").fillna("")
 
 
-def organ_lines(review: ScanReview) -> str:
-    """One line per organ: volume and confidence (mean probability of the chosen class)."""
+def organ_lines(features: pd.DataFrame) -> str:
+    """One line per organ the network reviewed: its volume as the layer holds it now (edits
+    included) and the network's confidence (mean probability of the chosen class)."""
+    reviewed = features[features["confidence"] != ""]
     return "\n".join(
-        f"{display_name(organ.name, organ.label)}: {organ.volume_ml:.1f} ml, "
-        f"confidence {confidence_text(organ.confidence)}"
-        for organ in review.organs
+        f"{row.organ}: {row.volume_ml} ml, confidence {row.confidence}" for row in reviewed.itertuples()
     )
 
 

@@ -95,7 +95,7 @@ def _sample(image: str, labels: str, convention: str, layer_name: str) -> list[L
     return [
         image_layer_data(read_scan(image_path), layer_name, scan=image_path),
         labels_layer_data(
-            read_labels(labels_path), f"{layer_name} reference ({convention})", CONVENTIONS[convention],
+            read_labels(labels_path), f"{layer_name} reference", CONVENTIONS[convention],
             convention, scan=image_path,
         ),
     ]

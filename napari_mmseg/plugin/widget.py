@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBar, PushButton
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QSizePolicy
 
 from napari_mmseg.config import DEFAULT_VARIANT
 from napari_mmseg.errors import Cancelled, MmsegError
@@ -31,7 +31,7 @@ from napari_mmseg.io.display_geometry import DisplayGeometry, image_from_layer
 from napari_mmseg.io.scan_io import segmentable
 from napari_mmseg.organs import MODALITIES
 from napari_mmseg.plugin.conventions import CONVENTIONS, OURS
-from napari_mmseg.plugin.edits import EditWatcher
+from napari_mmseg.plugin.edits import EditWatcher, OffThread
 from napari_mmseg.plugin.layers import (
     EDITED,
     MODEL,
@@ -41,6 +41,7 @@ from napari_mmseg.plugin.layers import (
     labels_kwargs,
     layer_geometry,
 )
+from napari_mmseg.plugin.panel_layout import TextLines, narrow
 from napari_mmseg.plugin.review import (
     UNCERTAINTY,
     WARNING_STYLE,
@@ -120,15 +121,16 @@ class SegmentationWidget(Container):
         self._relay.changed.connect(self._on_progress)
         self._closed = False
         self._volume_watchers: list[EditWatcher] = []  # keep result layers' organ volumes current
+        self._reviewed: Labels | None = None  # the result whose organs the panel lists
         self.native.destroyed.connect(self._on_closed)
 
         self._image = ComboBox(name="scan", label="Scan", choices=self._image_choices)
         self._modality = ComboBox(name="modality", label="Modality", choices=MODALITIES)
-        self._modality_hint = Label(name="modality_hint")
-        self._modality_warning = Label(name="modality_warning")
+        self._modality_hint = TextLines(name="modality_hint")
+        self._modality_warning = TextLines(name="modality_warning", style=WARNING_STYLE)
         self._variant = ComboBox(name="model", label="Model", choices=self._variant_choices)
         self._weights = FileEdit(name="weights", label="Weights file", mode="r", filter="*.safetensors")
-        self._weights_info = Label(name="weights_info")
+        self._weights_info = TextLines(name="weights_info")
         self._device = ComboBox(name="device", label="Device", choices=self._device_choices())
         self._quality = ComboBox(name="quality", label="Quality", choices=QUALITY, value=0.5)
         self._keep_pieces = CheckBox(
@@ -137,18 +139,10 @@ class SegmentationWidget(Container):
                     "(mostly false positives far from it) are dropped.")
         self._run = PushButton(name="run", text="Run")
         self._progress = ProgressBar(name="progress", min=0, max=100, value=0, label="Progress")
-        self._status = Label(name="status", value=f"Devices found: {', '.join(self._devices)}")
-        self._organs = Label(name="organs")  # the last result: volume and confidence per organ
-        self._flags = Label(name="flags")  # its plausibility flags
-        texts = (self._modality_hint, self._modality_warning, self._weights_info, self._status, self._organs,
-                 self._flags)
-        for text in texts:
-            text.label = ""  # lines of text: no caption beside them
-            text.native.setWordWrap(True)
-            text.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)  # full width
-        for warning in (self._modality_warning, self._flags):
-            warning.native.setStyleSheet(WARNING_STYLE)
-            warning.visible = False
+        self._status = TextLines(name="status", value=f"Devices found: {', '.join(self._devices)}")
+        self._organs = TextLines(name="organs")  # the last result: volume and confidence per organ
+        self._flags = TextLines(name="flags", style=WARNING_STYLE)  # its plausibility flags
+        narrow(self._image, self._modality, self._variant, self._device, self._quality)
         self.extend([
             self._image, self._modality, self._modality_hint, self._modality_warning, self._variant, self._weights,
             self._weights_info, self._device, self._quality, self._keep_pieces, self._run, self._progress,
@@ -198,6 +192,9 @@ class SegmentationWidget(Container):
         for watcher in [w for w in self._volume_watchers if event.value in w.layers]:
             watcher.close()
             self._volume_watchers.remove(watcher)
+        if event.value is self._reviewed:
+            self._reviewed = None
+            self._show_organs()
 
     def _variant_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
         from napari_mmseg.models.weights import available_variants
@@ -241,7 +238,6 @@ class SegmentationWidget(Container):
             f"⚠ This scan's intensities look like {guessed}, not {chosen}: models for {chosen} will likely "
             "segment it badly. Run is still allowed." if disagree else ""
         )
-        self._modality_warning.visible = disagree
 
     def _on_modality(self, _value: Any = None) -> None:
         self._warn_modality()
@@ -387,9 +383,18 @@ class SegmentationWidget(Container):
     def _show_review(self, layer: Labels, review: ScanReview) -> None:
         """Confidence and flags in the layer's features (status bar) and in the widget."""
         layer.features = review_features(layer.features, review)
-        self._organs.value = f"{layer.name}:\n{organ_lines(review)}"
+        self._reviewed = layer
+        self._show_organs()
         self._flags.value = flag_lines(review)
-        self._flags.visible = bool(review.flags)
+
+    def _show_organs(self) -> None:
+        """The reviewed result's organs: volumes as the layer holds them now, after any edits."""
+        layer = self._reviewed
+        if layer is None:
+            self._organs.value = ""
+            return
+        edited = " (volumes as edited)" if layer.metadata.get(EDITED) else ""
+        self._organs.value = f"{layer.name}{edited}:\n{organ_lines(layer.features)}"
 
     def _add_uncertainty(self, job: Job, layer: Labels, result: Segmentation) -> None:
         """The result's uncertainty as a hidden Image layer (replaced with its result layer)."""
@@ -455,10 +460,15 @@ class SegmentationWidget(Container):
         layer.events.paint.connect(_mark_edited)
         spacing = job.geometry.display.spacing
 
-        def refresh_volumes() -> None:
-            layer.features = with_fresh_volumes(layer.features, label_features(layer.data, names, spacing))
+        def show_volumes(fresh: pd.DataFrame) -> None:
+            if self._closed:
+                return
+            layer.features = with_fresh_volumes(layer.features, fresh)
+            if layer is self._reviewed:
+                self._show_organs()
 
-        volumes = EditWatcher(refresh_volumes, self.native)
+        counting = OffThread(lambda: (layer.data, names, spacing), label_features, show_volumes)
+        volumes = EditWatcher(counting.request, self.native)
         volumes.watch([layer])
         self._volume_watchers.append(volumes)
         return layer
