@@ -62,7 +62,7 @@ def test_panel_matches_metrics_and_follows_a_paint_stroke(viewer, qtbot, tmp_pat
 
     out = tmp_path / "dice.csv"
     panel.export_csv(out)
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
     assert [r["organ"] for r in rows] == ["liver", "spleen", "kidney_right", "kidney_left"]
     assert float(rows[0]["dice"]) == pytest.approx(panel.scores[0].dice, abs=1e-4)
 

@@ -10,19 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_mmseg.io.datasets import label_map_from_names, remap_labels
+from napari_mmseg.io.datasets import LABEL_PRESETS, label_map_from_names, remap_labels
 from napari_mmseg.organs import ORGANS, canonical_organ_name
 
 OURS = "napari-mmseg"
-# Label id → organ name of public label maps (only the four organs this plugin segments).
+# Label id → organ name of public label maps (only the four organs this plugin segments), from
+# the presets `mmseg evaluate --ref-labels` knows; this tool's own ids under the plugin's name.
 CONVENTIONS: dict[str, dict[int, str]] = {
-    OURS: {o.label: o.name for o in ORGANS},
-    "BTCV": {1: "spleen", 2: "kidney_right", 3: "kidney_left", 6: "liver"},
-    "CHAOS": {1: "liver", 2: "kidney_right", 3: "kidney_left", 4: "spleen"},
-    "TotalSegmentator": {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"},
+    (OURS if preset.name == "mmseg" else preset.name): {label: name for name, label in preset.organs.items()}
+    for preset in LABEL_PRESETS.values()
 }
 # Words in a file's path that name the dataset it comes from.
-_PATH_HINTS = {"btcv": "BTCV", "synapse": "BTCV", "chaos": "CHAOS", "totalseg": "TotalSegmentator"}
+_PATH_HINTS = {"btcv": "BTCV", "synapse": "BTCV", "chaos": "CHAOS", "totalseg": "TotalSegmentator", "amos": "AMOS"}
 
 
 def names_from_dataset_json(path: Path) -> dict[int, str]:
