@@ -1,179 +1,54 @@
-"""The `mmseg` command line: segment, evaluate, inspect weights, train and run the study."""
+"""The `mmseg` command line: segment, evaluate, correct from hints, inspect weights, train and run the study."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from napari_mmseg.config import DEFAULT_VARIANT, PRESETS, PROTOCOLS, VARIANTS
-from napari_mmseg.device import DEVICE_CHOICES
-from napari_mmseg.errors import MmsegError, ScanError
-from napari_mmseg.io.safe_write import check_output, write_csv_atomic, write_text_atomic
-from napari_mmseg.organs import ORGANS
+from napari_mmseg.config import DEFAULT_VARIANT, DEVICE_CHOICES, PRESETS, PROTOCOLS, VARIANTS
+from napari_mmseg.errors import MmsegError, OutputError, ScanError
+from napari_mmseg.io.safe_write import check_output, write_csv_atomic
 
 EXIT_ERROR = 1
 
 
-def _scan_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files as given; a folder of scan files gives each file, except hidden ones (such as
-    `safe_write`'s partial files or macOS `._` twins); any other folder is a DICOM series."""
-    from napari_mmseg.io.scan_io import SCAN_SUFFIXES, path_suffix
-
-    scans: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if not p.exists():
-            raise ScanError(f"{p} does not exist: check the path.")
-        if p.is_dir():
-            files = sorted(f for f in p.iterdir()
-                           if f.is_file() and not f.name.startswith(".") and path_suffix(f) in SCAN_SUFFIXES)
-            scans.extend(files or [p])
-        else:
-            scans.append(p)
-    return scans
-
-
-def _output_paths(scans: list[Path], output: str, overwrite: bool) -> list[Path]:
-    """Where each scan's labels go, checked before any work: a label file for one scan, else
-    a folder (existing, or a name without a file extension)."""
-    from napari_mmseg.io.scan_io import LABEL_SUFFIXES, path_suffix, strip_suffix
-
-    out_path = Path(output)
-    suffix = "" if output.endswith(("/", os.sep)) or out_path.is_dir() else path_suffix(out_path)
-    if len(scans) == 1 and suffix in LABEL_SUFFIXES:
-        outs = [out_path]
-    elif len(scans) == 1 and suffix:
-        raise ScanError(f"-o {output}: label files end in .nii.gz, .nii, .nrrd or .mha (a folder name, in /).")
-    else:
-        if out_path.exists() and not out_path.is_dir():
-            what = "with several inputs, -o names a folder" if len(scans) > 1 else \
-                "give a label file (.nii.gz, .nii, .nrrd, .mha) or a folder"
-            raise ScanError(f"-o {output} is not a folder: {what}.")
-        outs = [out_path / f"{strip_suffix(s)}.nii.gz" for s in scans]
-    if len(set(outs)) != len(outs):
-        raise ScanError("Two inputs have the same name; segment them into different output folders.")
-    for scan, out in zip(scans, outs, strict=True):
-        if out.exists() and any(out.samefile(s) for s in scans):
-            raise ScanError(f"Refusing to write labels over the scan {scan}; choose another output.")
-        check_output(out, overwrite, make_parents=True)
-    return outs
-
-
-def _report_path(report: str | None, scans: list[Path], outs: list[Path], overwrite: bool) -> Path | None:
-    if report is None:
-        return None
-    path = Path(report)
-    if any(path.resolve() == p.resolve() for p in (*scans, *outs)):
-        raise ScanError(f"--report {path} is one of the scans or label files; choose another name.")
-    return check_output(path, overwrite)
-
-
-def write_report(path: Path, reports: dict[str, dict], overwrite: bool) -> None:
-    """The review of every scan so far, keyed by scan path (rewritten after each scan, so an
-    interrupted batch keeps what it did)."""
-    write_text_atomic(path, json.dumps(reports, indent=2, allow_nan=False) + "\n", overwrite=overwrite)
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from napari_mmseg.inference.segment import InferenceOptions, segment_image
-    from napari_mmseg.io.scan_io import read_scan, write_labels
+    if not args.quiet:  # importing torch below takes seconds: say at once that the run has begun
+        what = args.inputs[0] if len(args.inputs) == 1 else f"{len(args.inputs)} inputs"
+        weights = Path(args.weights).name if args.weights else f"the bundled {args.variant or DEFAULT_VARIANT} weights"
+        print(f"segmenting {what} as {args.modality} with {weights}: loading the network", flush=True)
+    from napari_mmseg.inference.cohort import Cohort, Shard, output_paths, report_paths, run_cohort, scan_inputs
+    from napari_mmseg.inference.segment import InferenceOptions
     from napari_mmseg.models.weights import bundled_weights, load_weights
     from napari_mmseg.organs import check_modality
 
     modality = check_modality(args.modality)
-    scans = _scan_inputs(args.inputs)
-    outs = _output_paths(scans, args.output, args.overwrite)
-    report = _report_path(args.report, scans, outs, args.overwrite)
-    reports: dict[str, dict] = {}
+    shard = Shard.from_environment()
+    scans = scan_inputs(args.inputs)
+    outs = output_paths(scans, args.output, args.overwrite, args.skip_existing, shard)
+    report = report_paths(args.report, scans, outs, args.overwrite)
     weights = Path(args.weights) if args.weights else bundled_weights(args.variant or DEFAULT_VARIANT, modality)
     loaded = load_weights(weights, variant=args.variant, modality=modality)
     # the confidence maps cost time and memory: only when a report asks for the organs' confidence
     options = InferenceOptions(overlap=args.overlap, device=args.device, uncertainty=report is not None,
                                drop_stray_pieces=not args.keep_stray_pieces,
                                check_orientation=not args.no_orientation_check, try_inverted_mr=not args.as_given)
-    for scan, out in zip(scans, outs, strict=True):
-        t0 = time.perf_counter()
-        image = read_scan(scan)
-        with tqdm(total=100, desc=scan.name, unit="%", disable=args.quiet, leave=False) as bar:
-
-            def progress(fraction: float, stage: str, bar=bar) -> None:
-                bar.set_postfix_str(stage)
-                bar.update(round(100 * fraction) - bar.n)
-
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    result = segment_image(image, loaded, modality, options, progress=progress)
-                except ScanError as e:  # e.g. a grid too large: say which scan, in a batch
-                    raise ScanError(f"{scan}: {e}") from None
-        for w in caught:
-            print(f"warning: {scan.name}: {w.message}", file=sys.stderr)
-        write_labels(result.labels, out, image, source=scan, overwrite=args.overwrite)
-        if report is not None:
-            reports[str(scan)] = {"labels": str(out), "variant": loaded.meta.variant, "modality": modality,
-                                  "context_blended": result.context_blended,
-                                  "read_inverted": result.read_inverted, **result.review.to_dict()}
-            write_report(report, reports, overwrite=args.overwrite or len(reports) > 1)
-        if not args.quiet:
-            print(f"{scan} -> {out} ({loaded.meta.variant}, {modality}, {result.device}, "
-                  f"{time.perf_counter() - t0:.1f} s)")
-            for note in result.notes:
-                print(f"  note: {note}")
-            for flag in result.review.flags:
-                print(f"  check: {flag}")
-    return 0
-
-
-def parse_label_mapping(text: str) -> dict[int, int]:
-    """`liver=6,spleen=1,kidney_right=2` → {source id: our id}."""
-    from napari_mmseg.io.datasets import label_map_from_names
-
-    pairs = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, _, value = item.partition("=")
-        if not value.strip().isdigit():
-            raise ScanError(f"Cannot read {item!r} in --ref-labels: write name=id, e.g. liver=6,spleen=1.")
-        if name.strip() in pairs:
-            raise ScanError(f"--ref-labels names {name.strip()} twice.")
-        pairs[name.strip()] = int(value)
-    ids = list(pairs.values())
-    shared = sorted({i for i in ids if ids.count(i) > 1})
-    if shared:
-        raise ScanError(f"--ref-labels gives id {shared[0]} to more than one organ: each organ needs its own id.")
-    mapping = label_map_from_names(pairs)
-    unknown = [n for n in pairs if n not in mapping.values() and label_map_from_names({n: 0}) == {}]
-    if unknown:
-        names = ", ".join(o.name for o in ORGANS)
-        raise ScanError(f"Unknown organ name(s) {', '.join(unknown)} in --ref-labels; use {names}.")
-    return mapping
-
-
-def reference_label_map(ref: Path, spec: str | None) -> tuple[dict[int, int] | None, str]:
-    """The reference's ids → ours: given by name, or from a dataset.json beside its folder."""
-    from napari_mmseg.io.datasets import label_map_from_names, read_dataset_json
-
-    if spec:
-        return parse_label_mapping(spec), "--ref-labels"
-    for candidate in (ref.parent / "dataset.json", ref.parent.parent / "dataset.json"):
-        if candidate.is_file():
-            return label_map_from_names(read_dataset_json(candidate).get("labels", {})), str(candidate)
-    return None, "this plugin's ids"
+    cohort = Cohort(tuple(scans), tuple(outs), modality, options, args.overwrite, args.skip_existing, report,
+                    args.quiet)
+    return run_cohort(cohort, loaded, shard)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from napari_mmseg.io.datasets import remap_labels
+    from napari_mmseg.io.reference_labels import reference_ids
     from napari_mmseg.io.scan_io import read_labels, same_geometry
     from napari_mmseg.metrics import dice_scores, mean_dice
 
@@ -192,19 +67,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "The prediction and reference have the same size but different spacing, origin or direction: "
             "they are not on the same grid."
         )
-    mapping, source = reference_label_map(Path(args.reference), args.ref_labels)
-    pred = sitk.GetArrayViewFromImage(pred_img)
-    ref = sitk.GetArrayViewFromImage(ref_img)
-    if mapping is not None:
-        ref = remap_labels(ref, mapping)
-    elif ref.max() > len(ORGANS):
-        raise ScanError(
-            f"The reference holds label ids up to {int(ref.max())}: say which is which with "
-            "--ref-labels liver=ID,spleen=ID,kidney_right=ID,kidney_left=ID."
-        )
-    scores = dice_scores(pred, ref, pred_img.GetSpacing())
+    ids = reference_ids(Path(args.reference), ref_img, args.ref_labels)
+    ref = remap_labels(sitk.GetArrayViewFromImage(ref_img), ids.convention.label_map())
+    # only the organs the reference labels: an organ it does not name has no reference to score against
+    scores = [s for s in dice_scores(sitk.GetArrayViewFromImage(pred_img), ref, pred_img.GetSpacing())
+              if s.organ in ids.convention.organs]
     rows = [(s.organ, s.dice, s.predicted_ml, s.reference_ml) for s in scores]
-    print(f"reference ids from {source}")
+    print(f"reference ids ({ids.source}): {ids.convention.describe()}")
+    if ids.warning:
+        print(f"warning: {ids.warning}", file=sys.stderr)
     print(f"{'organ':<14}{'Dice':>8}{'pred ml':>11}{'ref ml':>11}")
     for organ, dice, p, r in rows:
         print(f"{organ:<14}{dice:>8.4f}{p:>11.1f}{r:>11.1f}")
@@ -217,10 +88,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import json
 
-    from napari_mmseg.models.weights import load_weights
+    from napari_mmseg.models.weights import bundled_weights, load_weights
+    from napari_mmseg.models.weights_summary import bundled_lines, summary_lines
 
-    meta = load_weights(args.weights).meta  # the whole file checked: metadata, shapes, finite numbers
-    print(json.dumps(json.loads(meta.to_json()), indent=2))
+    path = Path(args.weights) if args.weights else bundled_weights(DEFAULT_VARIANT)
+    meta = load_weights(path).meta  # the whole file checked: metadata, shapes, finite numbers
+    if args.json:
+        print(json.dumps(json.loads(meta.to_json()), indent=2))
+        return 0
+    print("\n".join(summary_lines(meta, path.name if args.weights is None else str(path))))
+    if args.weights is None:
+        print(f"\nbundled weights (the default, {DEFAULT_VARIANT}, above; `mmseg segment --variant` picks another):")
+        print("\n".join(bundled_lines()))
+    print("\nthe full record: mmseg info" + (f" {args.weights}" if args.weights else "") + " --json")
     return 0
 
 
@@ -228,14 +108,17 @@ def cmd_average(args: argparse.Namespace) -> int:
     from napari_mmseg.models.weights import average_weights, save_weights
 
     out = check_output(args.out, args.overwrite, make_parents=True)  # refused before the work
+    if out.exists() and any(Path(w).exists() and out.samefile(w) for w in args.weights):
+        raise OutputError(f"-o {out} is one of the files averaged: never written over, even with --overwrite; "
+                          "choose another name.")
     averaged = average_weights(args.weights)
-    print(f"wrote {save_weights(averaged.model, averaged.meta, out, half=args.half)}")
+    print(f"wrote {save_weights(averaged.model, averaged.meta, out, half=args.half, overwrite=args.overwrite)}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from napari_mmseg.io.datasets import load_dataset
-    from napari_mmseg.models.weights import read_metadata
+    from napari_mmseg.models.weights import checked_lineage, read_metadata
     from napari_mmseg.training.trainer import TrainingRun, split_cases, train
 
     preset = PRESETS[args.preset]
@@ -250,13 +133,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.sampler_workers is not None and args.sampler_workers < 0:
         raise SystemExit(f"mmseg train --sampler-workers {args.sampler_workers}: give 0 (batches drawn by the "
                          "trainer) or more worker processes")
+    names = [f"individual-{m}" for m, given in (("ct", args.ct), ("mr", args.mr)) if given] \
+        if args.variant == "individual" else [args.variant]
+    for name in names:  # weights a finished run left are refused before the work; a start file always
+        target = check_output(Path(args.out) / f"{name}.safetensors", args.overwrite, make_parents=True)
+        if target.exists() and any(Path(w).exists() and target.samefile(w) for w in args.init_weights or []):
+            raise OutputError(f"{target} is one of --init-weights: never written over, even with --overwrite; "
+                              "give another --out.")
+    starts = {}
+    for path in args.init_weights or []:
+        meta = read_metadata(path)
+        if meta.variant != args.variant:
+            raise SystemExit(f"mmseg train: {path} holds a {meta.variant} network, not {args.variant}")
+        checked_lineage(meta.training, Path(path).name)  # recorded in the result at the end: checked now
+        starts[meta.modalities] = Path(path)
     cases = []
     if args.ct:
         cases += load_dataset(args.ct, "CT")
     if args.mr:
         cases += load_dataset(args.mr, "MR")
+    for m in ("CT", "MR"):  # the default, 2, is fewer on a small dataset; a number given is kept or refused
+        n = sum(c.modality == m for c in cases)
+        if n and args.val_cases is not None and args.val_cases > n - 1:
+            raise ScanError(f"--val-cases {args.val_cases}: the {m} dataset has {n} case(s), and at least one must "
+                            f"be left to train on; hold out at most {n - 1}.")
     seed = args.seed if args.seed is not None else preset.training.seed
-    train_cases, val_cases = split_cases(cases, args.val_cases, seed)
+    train_cases, val_cases = split_cases(cases, 2 if args.val_cases is None else args.val_cases, seed)
     present = tuple(m for m in ("CT", "MR") if any(c.modality == m for c in cases))
     groups = [(m,) for m in present] if args.variant == "individual" else [("CT", "MR")]
     log_path = Path(args.out) / "train.log"
@@ -266,19 +168,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
-    starts = {}
-    for path in args.init_weights or []:
-        meta = read_metadata(path)
-        if meta.variant != args.variant:
-            raise SystemExit(f"mmseg train: {path} holds a {meta.variant} network, not {args.variant}")
-        starts[meta.modalities] = Path(path)
     for modalities in groups:
         if args.init_weights and modalities not in starts:
             raise SystemExit(f"mmseg train: none of --init-weights is a {args.variant} network for "
                              f"{'/'.join(modalities)}")
         run = TrainingRun(args.variant, preset, Path(args.out), modalities, args.device, args.steps, seed,
                           progress_bar=not args.quiet, init_weights=starts.get(modalities),
-                          sampler_workers=args.sampler_workers)
+                          sampler_workers=args.sampler_workers, overwrite=args.overwrite)
         weights = train(run, train_cases, val_cases, log=log)
         print(f"wrote {weights} (log: {log_path})")
     return 0
@@ -308,12 +204,73 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(args: argparse.Namespace) -> int:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from napari_mmseg.correction.hints import read_hints
+    from napari_mmseg.io.scan_io import LABEL_SUFFIXES, path_suffix, read_labels, read_scan, same_geometry, write_labels
+    from napari_mmseg.organs import NUM_CLASSES, check_modality
+
+    modality = check_modality(args.modality)
+    out = Path(args.output)
+    if path_suffix(out) not in LABEL_SUFFIXES:
+        raise ScanError(f"-o {args.output}: label files end in .nii.gz, .nii, .nrrd or .mha.")
+    if out.exists() and any(out.samefile(p) for p in (args.scan, args.labels, args.hints) if Path(p).exists()):
+        raise ScanError(f"Refusing to write the refined labels over an input ({out}); choose another file.")
+    check_output(out, args.overwrite, make_parents=True)  # refused before the work
+    scan = read_scan(args.scan)
+    labels_image = read_labels(args.labels)
+    if not same_geometry(labels_image, scan):
+        raise ScanError(f"{args.labels} is not on the scan's grid (size {labels_image.GetSize()}, spacing, origin "
+                        f"and direction must be the scan's {scan.GetSize()}): resample it onto the scan first.")
+    labels = sitk.GetArrayFromImage(labels_image)
+    if labels.max() >= NUM_CLASSES:
+        raise ScanError(f"{args.labels} holds label id {int(labels.max())}: give labels in this tool's ids "
+                        "(0 background, 1 liver, 2 spleen, 3 right kidney, 4 left kidney).")
+    labels = labels.astype(np.uint8)
+    hints = read_hints(args.hints, scan)  # every hint checked before any work
+
+    from napari_mmseg.correction.model import load_correction_model  # the network: only once the input is sound
+    from napari_mmseg.correction.refine import refine
+
+    model = load_correction_model(args.weights, device=args.device)
+    voxel_ml = float(np.prod(scan.GetSpacing())) / 1000.0
+    for k, hint in enumerate(hints, start=1):
+        result = refine(scan, labels, hints[:k], modality, model)  # each step sees the hints so far, as in napari
+        old, new = labels[result.region], result.labels[result.region]  # nothing changes outside the region
+        changed = int(np.count_nonzero(new != old))
+        grown = int(np.count_nonzero(new == hint.label)) - int(np.count_nonzero(old == hint.label))
+        points = f"{len(hint.points)} point{'s' * (len(hint.points) > 1)}"
+        print(f"hint {k}: {hint.sign}{hint.organ} ({points}): {changed} voxels changed ({changed * voxel_ml:.1f} ml), "
+              f"{hint.organ} {grown * voxel_ml:+.1f} ml, {result.seconds:.2f} s")
+        labels = result.labels
+    write_labels(labels, out, scan, source=args.scan, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+def _counted(least: int):
+    """An argparse type: a whole number of at least `least` (a wrong one is a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}: give {least} or more")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("segment", help="segment liver, spleen and kidneys in CT or MR scans")
-    p.add_argument("inputs", nargs="+", help="scan files (.nii, .nii.gz, .nrrd, .mha, .mhd), folders of them, "
+    p.add_argument("inputs", nargs="+", help="scan files (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd), folders of them, "
                    "or DICOM series folders")
     p.add_argument("-o", "--output", required=True, help="output label file (one input) or folder")
     p.add_argument("--modality", required=True, type=str.upper, choices=("CT", "MR"))
@@ -330,23 +287,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-given", action="store_true",
                    help="MR: read the scan only as given, not also with its grey levels inverted (the "
                    "reading kept when the network is surer of it: T1-like sequences); one pass fewer")
-    p.add_argument("--report", help="also write each scan's organ volumes, confidence and review flags to this "
-                   "JSON file, keyed by scan path")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--report", help="also write each scan's status, time, organ volumes, confidence and review "
+                   "flags to this JSON file, keyed by scan path, and to a CSV file beside it (a .csv name: the CSV "
+                   "alone)")
+    kept = p.add_mutually_exclusive_group()
+    kept.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    kept.add_argument("--skip-existing", action="store_true",
+                      help="skip the scans whose labels are there already (resume an interrupted batch)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="Dice per organ and volumes of a prediction against a reference")
     p.add_argument("prediction", help="label file in this tool's ids (1 liver, 2 spleen, 3 right kidney, 4 left)")
     p.add_argument("reference", help="reference label file on the same grid")
-    p.add_argument("--ref-labels", help="the reference's ids by name, e.g. liver=6,spleen=1,kidney_right=2,"
-                   "kidney_left=3 (default: dataset.json beside it, else this tool's ids)")
+    p.add_argument("--ref-labels", metavar="DATASET|NAME=ID,...",
+                   help="what the reference's ids mean: a dataset's numbering (BTCV, CHAOS, AMOS, TotalSegmentator, "
+                   "or mmseg for this tool's), or name=id pairs naming every id in it, e.g. liver=6,spleen=1,"
+                   "kidney_right=2,kidney_left=3,gallbladder=4 (default: the dataset.json beside it, else the "
+                   "one numbering that explains its ids and organ positions; refused when none or several do)")
     p.add_argument("--csv", help="also write the table to this CSV file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing CSV file")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("info", help="what a weights file's metadata says")
-    p.add_argument("weights")
+    p = sub.add_parser("refine", help="correct labels from hints (clicks and scribbles in mm) with the learned "
+                       "correction model")
+    p.add_argument("scan", help="the scan the labels belong to")
+    p.add_argument("--labels", required=True, help="labels on the scan's grid, in this tool's ids")
+    p.add_argument("--hints", required=True, help="CSV (x,y,z,organ,sign[,stroke]; x, y, z in mm, LPS) or JSON "
+                   "({\"hints\": [{\"organ\": \"spleen\", \"sign\": \"+\", \"points_mm\": [[x, y, z]]}]}); "
+                   "applied in file order")
+    p.add_argument("-o", "--output", required=True, help="the refined label file")
+    p.add_argument("--modality", required=True, type=str.upper, choices=("CT", "MR"))
+    p.add_argument("--weights", help="a correction weights file instead of the bundled one")
+    p.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_refine)
+
+    p = sub.add_parser("info", help="what a weights file is: network, grid, training data, held-out Dice")
+    p.add_argument("weights", nargs="?", help="a weights file (default: the bundled default, and a list of the "
+                   "bundled files)")
+    p.add_argument("--json", action="store_true", help="print the file's full metadata record as JSON")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("average", help="average fine-tunes of one network (a model soup) into one weights file")
@@ -363,9 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="light", choices=sorted(PRESETS))
     p.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
     p.add_argument("--out", default="runs/train", help="folder for checkpoints, log and weights")
-    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    p.add_argument("--val-cases", type=int, default=2, help="cases per modality held out for validation")
-    p.add_argument("--batch-size", type=int, help="patches per step (default: the preset's)")
+    p.add_argument("--steps", type=_counted(1), help="training steps (default: the preset's)")
+    p.add_argument("--val-cases", type=_counted(0), help="cases per modality held out for validation (default 2, "
+                   "fewer on a dataset of 2 or 1 cases)")
+    p.add_argument("--batch-size", type=_counted(1), help="patches per step (default: the preset's)")
+    p.add_argument("--overwrite", action="store_true", help="replace weights a finished run left in --out")
     p.add_argument("--init-weights", nargs="+", metavar="FILE",
                    help="fine-tune: start from these weights of the same variant and preset (for individual: the "
                    "CT and the MR file)")
@@ -411,35 +393,58 @@ class Terminated(BaseException):
     """SIGTERM, raised like Ctrl-C so that writes in progress remove their partial files."""
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
+def _signal_handler(owner: int):
+    """Ctrl-C and SIGTERM raised as exceptions in this process, so that writes in progress
+    remove their partial files; a process forked from it (a worker) just ends, quietly:
+    this one says what happened."""
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+    return handler
+
+
+def _stopped(word: str, code: int) -> int:
+    for s in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut this short
+        signal.signal(s, signal.SIG_IGN)
+    print(f"mmseg: {word}", file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit codes: 0 done, 1 any error (one line on stderr), 2 bad arguments (argparse),
-    130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."""
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM), at any moment."""
+    handler = _signal_handler(os.getpid())
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # also when it arrives while an error is being reported
+        return _stopped("interrupted", 130)
+    except Terminated:
+        return _stopped("terminated", 128 + signal.SIGTERM)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except MmsegError as e:
         print(f"mmseg: error: {e}", file=sys.stderr)
     except ValueError as e:  # bad arguments caught by the core (modality, overlap, ...)
         print(f"mmseg: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # stdout's reader went away (`mmseg info | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush stays quiet
     except OSError as e:  # any file-system failure not already explained
         where = f"{e.filename}: " if e.filename else ""
         print(f"mmseg: error: {where}{e.strerror or e}.", file=sys.stderr)
     except MemoryError:
         print("mmseg: error: out of memory; try --device cpu, a smaller --overlap, or a machine with more memory.",
               file=sys.stderr)
-    except KeyboardInterrupt:
-        print("mmseg: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("mmseg: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return EXIT_ERROR
 
 

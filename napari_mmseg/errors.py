@@ -21,5 +21,9 @@ class DeviceError(MmsegError):
     """A compute device that was asked for but is not there."""
 
 
+class HintError(MmsegError):
+    """A correction hint (a click or scribble) that cannot be used: off the scan, unknown organ, bad file."""
+
+
 class Cancelled(MmsegError):
     """The user cancelled a running segmentation."""
