@@ -41,6 +41,7 @@ from napari_mmseg.correction.hints import Hint
 from napari_mmseg.correction.model import load_correction_model
 from napari_mmseg.correction.refine import Refinement, brush, refine
 from napari_mmseg.correction.simulated_annotator import next_click
+from napari_mmseg.correction.training import corrupt
 from napari_mmseg.inference.segment import InferenceOptions, segment_image
 from napari_mmseg.io.datasets import LabelledCase, load_nnunet_dataset
 from napari_mmseg.metrics import dice_scores
@@ -197,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out", action="store_true",
                         help="only the cases the correction weights' metadata says were never trained on")
     parser.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
+    parser.add_argument("--start", choices=("auto", "corrupted"), default="auto",
+                        help="start from the automatic result (default) or from the reference corrupted as the "
+                             "correction network's training does (organs eroded, dilated, partly another organ's, "
+                             "pieces or whole organs missing, false blobs; seeded by the case name): larger errors")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--start-cache", type=Path, metavar="DIR",
                         help="keep the automatic results here and reuse them (comparing correction weights)")
@@ -232,9 +237,12 @@ def main(argv: list[str] | None = None) -> None:
         scan, reference_image = case.load()
         if shift is not None:
             scan = apply_shift(shift, scan, reference_image)
-        start = automatic_result(scan, segmenter, args.modality, options,
-                                 args.start_cache and args.start_cache / f"{case.name}-{args.variant}-{shift_tag}.npy")
         reference = sitk.GetArrayFromImage(reference_image)
+        if args.start == "corrupted":
+            start = corrupt(reference.astype(np.uint8), np.random.default_rng(sum(map(ord, case.name))))
+        else:
+            start = automatic_result(scan, segmenter, args.modality, options, args.start_cache
+                                     and args.start_cache / f"{case.name}-{args.variant}-{shift_tag}.npy")
         for m in METHODS:
             curves[m].append(simulate(scan, start, reference, args.interactions, methods[m]))
         per_case[case.name] = {m: [round(v, 4) for v in curves[m][-1].mean()] for m in METHODS}
@@ -245,11 +253,11 @@ def main(argv: list[str] | None = None) -> None:
 
     results = {m: summary(curves[m]) for m in METHODS}
     print(f"{len(cases)} {args.modality} cases of {args.dataset}" + (f", shift {shift.name}" if shift else "")
-          + f"; start: {args.variant}; correction: {model.path}")
+          + f"; start: {args.variant if args.start == 'auto' else 'corrupted reference'}; correction: {model.path}")
     print(table(results, args.interactions))
     learned, base = results["learned"], results["brush"]
     print(json.dumps({
-        "dataset": str(args.dataset), "modality": args.modality, "variant": args.variant,
+        "dataset": str(args.dataset), "modality": args.modality, "variant": args.variant, "start": args.start,
         "shift": shift.name if shift else None, "weights": str(model.path),
         "cases": [c.name for c in cases], "interactions": args.interactions,
         **{k: v for k, v in learned.items() if k != "interactions"},

@@ -88,10 +88,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import json
 
+    from napari_mmseg.correction.model import is_correction_file, load_correction_model
+    from napari_mmseg.correction.model import summary_lines as correction_summary
     from napari_mmseg.models.weights import bundled_weights, load_weights
     from napari_mmseg.models.weights_summary import bundled_lines, summary_lines
 
     path = Path(args.weights) if args.weights else bundled_weights(DEFAULT_VARIANT)
+    if args.weights and is_correction_file(path):
+        correction = load_correction_model(path, device="cpu")  # the whole file checked, as below
+        print(correction.meta.to_json() if args.json else "\n".join(correction_summary(correction.meta, str(path))))
+        return 0
     meta = load_weights(path).meta  # the whole file checked: metadata, shapes, finite numbers
     if args.json:
         print(json.dumps(json.loads(meta.to_json()), indent=2))
@@ -100,6 +106,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.weights is None:
         print(f"\nbundled weights (the default, {DEFAULT_VARIANT}, above; `mmseg segment --variant` picks another):")
         print("\n".join(bundled_lines()))
+        print("  correction.safetensors      the correction network of `mmseg refine` and the correction panel")
     print("\nthe full record: mmseg info" + (f" {args.weights}" if args.weights else "") + " --json")
     return 0
 

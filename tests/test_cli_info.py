@@ -46,3 +46,16 @@ def test_info_shows_held_out_dice_and_the_recipe_and_json_the_whole_record(capsy
     assert "runs/" not in stdout
     code, stdout, _ = run(capsys, "info", path, "--json")
     assert code == 0 and json.loads(stdout)["training"]["init_weights"] == "runs/x/start.safetensors"
+
+
+def test_info_on_the_correction_network_says_what_it_is(capsys):
+    from napari_mmseg.correction.model import bundled_correction_weights
+
+    path = bundled_correction_weights()
+    code, stdout, err = run(capsys, "info", path)
+    assert code == 0, err
+    assert stdout.splitlines()[1].startswith("  kind             correction network")
+    assert "held out" in stdout and "{" not in stdout
+    code, stdout, err = run(capsys, "info", path, "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["kind"] == "correction"

@@ -225,6 +225,35 @@ def read_correction_metadata(path: str | os.PathLike) -> CorrectionMetadata:
     return meta
 
 
+def is_correction_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a correction network's file (for `mmseg info`, which shows either kind)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+        return json.loads(raw).get("kind") == KIND
+    except (SafetensorError, OSError, ValueError, TypeError, AttributeError, RecursionError):
+        return False
+
+
+def summary_lines(meta: CorrectionMetadata, name: str) -> list[str]:
+    """What a correction file is, in the few lines `mmseg info` prints."""
+    training = meta.training
+    cases = training.get("cases", [])
+    counts = ", ".join(f"{sum(c.startswith(p) for c in cases)} {label}"
+                       for p, label in (("btcv", "CT (BTCV)"), ("chaos", "T2 MR (CHAOS)")))
+    held = training.get("held_out", [])
+    rows = [
+        ("kind", "correction network: re-labels the region around a user's hint"),
+        ("inputs", "the scan, the current labels (one-hot) and positive / negative hint maps per label"),
+        ("grid", f"{meta.spacing_mm:g} mm voxels, a {meta.crop}³ cube around the last hint"),
+        ("network", f"U-Net, channels {'-'.join(map(str, meta.network.channels))}"),
+        ("trained on", f"{counts}; {training.get('steps', '?')} steps of simulated clicks"
+                       + (f" ({training['date']})" if training.get("date") else "")),
+        ("held out", f"{len(held)} cases ({', '.join(held)}): benchmarks/bench_correction.py --held-out"),
+    ]
+    return [name] + [f"  {key:<16} {value}" for key, value in rows]
+
+
 def load_correction_model(path: str | os.PathLike | None = None, device: str = "auto") -> CorrectionModel:
     """The bundled correction network (None) or the one in `path`, ready for inference."""
     p = Path(path) if path is not None else bundled_correction_weights()
@@ -238,6 +267,9 @@ def load_correction_model(path: str | os.PathLike | None = None, device: str = "
         raise WeightsError(f"{p} is corrupt or truncated ({e}).") from None
     if set(stored) != set(expected) or any(stored[k].shape != expected[k].shape for k in expected):
         raise WeightsError(f"{p.name} does not match the correction network its metadata describes.")
+    if any(stored[k].is_floating_point() != expected[k].is_floating_point() for k in expected):
+        raise WeightsError(f"{p.name} stores some weights as integers where the network has real numbers: "
+                           "it is damaged or forged.")
     if any(t.is_floating_point() and not torch.isfinite(t).all() for t in stored.values()):
         raise WeightsError(f"{p.name} holds NaN or infinite weights: it is damaged.")
     network.load_state_dict({k: stored[k].to(expected[k].dtype) for k in expected})
