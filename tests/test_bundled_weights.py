@@ -51,7 +51,7 @@ CT_SERVING = [p for p in BUNDLED if "CT" in load_weights(p).meta.modalities]
 def test_every_organ_on_a_non_contrast_ct_from_another_scanner(path, ct_scan, data_dir):
     """The TotalSegmentator example CT: another scanner, true HU, no contrast (kidneys at
     12–16 HU), never trained on; its reference is model-made. Before the appearance
-    augmentation (issue 10) the kidneys were missed (0.00–0.38 for the right one)."""
+    augmentation the kidneys were missed (0.00–0.38 for the right one)."""
     image = sitk.ReadImage(str(ct_scan))
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "totalsegmentator-examples" / "example_seg.nii.gz")))
     ref = np.select([ref == 5, ref == 1, ref == 2, ref == 3], [1, 2, 3, 4], 0)  # TotalSegmentator ids → ours
@@ -63,7 +63,7 @@ def test_every_organ_on_a_non_contrast_ct_from_another_scanner(path, ct_scan, da
 
 def test_the_default_networks_context_pass_finds_an_enlarged_spleen(data_dir):
     """A CT with its spleen magnified 2× in length (2.9 l, the proxy for the 3-litre spleen
-    of issue 10): the sliding windows alone call nearly all of it background (spleen Dice
+    the model card names): the sliding windows alone call nearly all of it background (spleen Dice
     0.05 with the file of 2026-11-30); the context pass (twice the spacing) sees it whole,
     is taken in, and finds most of it (0.65). A training patient (btcv_06): this checks
     the mechanism; the recipe trial measures it on held-out ones (docs/results.md)."""

@@ -1,4 +1,4 @@
-"""Hostile inputs made on the fly (issue 11's catalogue): a full disk, races, signals,
+"""Hostile inputs made on the fly: a full disk, races, signals,
 forged weights, impossible geometry. Each must end in exit 1 with exactly one line on
 stderr and no traceback, and leave every file as it was: nothing created, nothing changed.
 """

@@ -144,7 +144,7 @@ def test_averages_of_averages_load_however_many_rounds_they_took(tmp_path):
         current = save_weights(soup.model, soup.meta, tmp_path / f"round{i}.safetensors")
     training = load_weights(current).meta.training
     assert training["averaged_from"] == [str(tmp_path / "round19.safetensors"), str(fine_tune)]
-    # each file once, oldest first: round 0 and the fine-tune, then every earlier average
+    # each file once, oldest first: the first start and the fine-tune, then every earlier average
     assert [r["file"] for r in training["earlier"]] == [str(tmp_path / "round0.safetensors"), str(fine_tune)] + [
         str(tmp_path / f"round{i}.safetensors") for i in range(1, 20)]
 
