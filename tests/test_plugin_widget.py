@@ -122,7 +122,7 @@ def test_run_adds_an_aligned_coloured_layer_with_organ_volumes_and_review(viewer
     layer.undo()
     qtbot.waitUntil(lambda: spleen_ml() == before, timeout=2000)
 
-    # deleting the result layer ends its watcher: none pile up over a long session
+    # deleting the result layer ends its watcher: none pile up over a long day of work
     assert [w.layers for w in widget._volume_watchers] == [(layer,)]
     viewer.layers.remove(layer)
     assert widget._volume_watchers == []
