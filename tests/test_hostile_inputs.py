@@ -31,7 +31,8 @@ from napari_mmseg.errors import OutputError, ScanError
 from napari_mmseg.inference import segment as inference
 from napari_mmseg.io.safe_write import PARTIAL_PREFIX
 from napari_mmseg.io.scan_io import write_labels
-from napari_mmseg.models.weights import METADATA_KEY, load_weights, save_weights
+from napari_mmseg.models.weights import load_weights, save_weights
+from napari_mmseg.models.weights_file import METADATA_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 

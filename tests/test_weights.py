@@ -123,7 +123,7 @@ def test_files_of_format_1_have_no_context_pass(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from napari_mmseg.models.weights import METADATA_KEY
+    from napari_mmseg.models.weights_file import METADATA_KEY
 
     path = make_weights(tmp_path / "v4.safetensors")
     with safe_open(str(path), framework="pt") as f:

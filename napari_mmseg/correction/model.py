@@ -18,26 +18,23 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.networks.blocks import Convolution
 from monai.networks.nets import UNet
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from napari_mmseg.device import place, resolve_device
 from napari_mmseg.errors import WeightsError
-from napari_mmseg.io.safe_write import write_atomic
+from napari_mmseg.models.weights import bundled_weights_dir
+from napari_mmseg.models.weights_file import checked_state, read_metadata_json, read_tensors, write_weights_file
 from napari_mmseg.organs import NUM_CLASSES, ORGANS, check_modality
 from napari_mmseg.preprocessing import IntensityNorm
 
 KIND = "correction"
 FORMAT_VERSION = 1
-METADATA_KEY = "napari_mmseg"  # the segmentation weights' key: one place says what any of our files is
 LABEL_NAMES = ("background", *(o.name for o in sorted(ORGANS, key=lambda o: o.label)))
 INPUTS = ("image", *(f"labels:{n}" for n in LABEL_NAMES), *(f"hint+:{n}" for n in LABEL_NAMES),
           *(f"hint-:{n}" for n in LABEL_NAMES))
@@ -183,33 +180,17 @@ def network_input(image: np.ndarray, labels: np.ndarray, hints: Sequence[CropHin
 
 
 def bundled_correction_weights() -> Path:
-    return Path(str(resources.files("napari_mmseg") / "weights" / "correction.safetensors"))
+    return bundled_weights_dir() / "correction.safetensors"
 
 
 def save_correction_model(network: torch.nn.Module, meta: CorrectionMetadata, path: str | os.PathLike) -> Path:
     """Tensors (float16: half the file, no loss a user sees) and metadata, whole or not at all."""
-    tensors = {k: v.detach().cpu().contiguous().half() if v.is_floating_point() else v.detach().cpu().contiguous()
-               for k, v in network.state_dict().items()}
-    metadata = {METADATA_KEY: meta.to_json()}
-    return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite=True,
-                        make_parents=True)
+    return write_weights_file(path, network.state_dict(), meta.to_json(), half=True, overwrite=True)
 
 
 def read_correction_metadata(path: str | os.PathLike) -> CorrectionMetadata:
     p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"Correction weights file {p} does not exist.")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{p} is not a napari-mmseg weights file (not readable as safetensors: {e}).") from None
-    if raw is None:
-        raise WeightsError(f"{p} is a safetensors file without napari-mmseg metadata; it is not ours.")
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise WeightsError(f"{p} has unreadable napari-mmseg metadata.") from None
+    raw, doc = read_metadata_json(p)
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         what = f"a segmentation network ({doc['variant']})" if isinstance(doc, dict) and "variant" in doc \
             else "not a correction model"
@@ -228,11 +209,10 @@ def read_correction_metadata(path: str | os.PathLike) -> CorrectionMetadata:
 def is_correction_file(path: str | os.PathLike) -> bool:
     """Whether `path` is a correction network's file (for `mmseg info`, which shows either kind)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-        return json.loads(raw).get("kind") == KIND
-    except (SafetensorError, OSError, ValueError, TypeError, AttributeError, RecursionError):
+        _, doc = read_metadata_json(Path(path))
+    except WeightsError:
         return False
+    return isinstance(doc, dict) and doc.get("kind") == KIND
 
 
 def summary_lines(meta: CorrectionMetadata, name: str) -> list[str]:
@@ -259,20 +239,7 @@ def load_correction_model(path: str | os.PathLike | None = None, device: str = "
     p = Path(path) if path is not None else bundled_correction_weights()
     meta = read_correction_metadata(p)
     network = build_network(meta.network)
-    expected = network.state_dict()
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{p} is corrupt or truncated ({e}).") from None
-    if set(stored) != set(expected) or any(stored[k].shape != expected[k].shape for k in expected):
-        raise WeightsError(f"{p.name} does not match the correction network its metadata describes.")
-    if any(stored[k].is_floating_point() != expected[k].is_floating_point() for k in expected):
-        raise WeightsError(f"{p.name} stores some weights as integers where the network has real numbers: "
-                           "it is damaged or forged.")
-    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in stored.values()):
-        raise WeightsError(f"{p.name} holds NaN or infinite weights: it is damaged.")
-    network.load_state_dict({k: stored[k].to(expected[k].dtype) for k in expected})
+    network.load_state_dict(checked_state(p, read_tensors(p), network.state_dict(), "the correction network"))
     where = resolve_device(device)
     place(_folded(network.eval()), where)
     return CorrectionModel(network, meta, where, p)

@@ -16,19 +16,16 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from napari_mmseg.config import VARIANTS, NetworkConfig
-from napari_mmseg.errors import OutputError, WeightsError
-from napari_mmseg.io.safe_write import write_atomic
+from napari_mmseg.errors import WeightsError
 from napari_mmseg.models.dual_stream import MultiModalFCN
 from napari_mmseg.models.metadata_schema import metadata_problem
+from napari_mmseg.models.weights_file import checked_state, read_metadata_json, read_tensors, write_weights_file
 from napari_mmseg.organs import ORGANS, check_modality
 from napari_mmseg.preprocessing import IntensityNorm
 
 FORMAT_VERSION = 2  # 2: context_weight (older readers would skip the context pass: they must refuse)
-METADATA_KEY = "napari_mmseg"
 
 
 @dataclass
@@ -107,53 +104,16 @@ def save_weights(
 ) -> Path:
     """Write tensors and metadata whole or not at all (replacing an older file of that name
     only with `overwrite`); `half` stores float tensors as float16."""
-    tensors = {}
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        if half and t.is_floating_point():
-            t = t.half()
-        tensors[name] = t
-    metadata = {METADATA_KEY: meta.to_json()}
-    problem = metadata_problem(json.loads(metadata[METADATA_KEY]))
+    metadata_json = meta.to_json()
+    problem = metadata_problem(json.loads(metadata_json))
     if problem is not None:  # never write a file that `load_weights` would refuse
         raise WeightsError(f"Cannot write {path}: its metadata would not load back ({problem}).")
-
-    def verify(tmp: Path) -> None:
-        try:
-            with safe_open(str(tmp), framework="pt") as f:
-                whole = f.metadata() == metadata and set(f.keys()) == set(tensors)
-        except (SafetensorError, OSError, ValueError):
-            whole = False
-        if not whole:
-            raise OutputError(f"Cannot write {path}: the written file reads back incomplete (is the disk full?).")
-
-    def write(tmp: Path) -> None:
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-        except SafetensorError as e:  # the Rust writer's I/O errors, e.g. a full disk
-            raise OutputError(f"Cannot write {path}: {str(e).rpartition(': ')[2] or e}.") from None
-
-    return write_atomic(path, write, overwrite=overwrite, verify=verify, make_parents=True)
+    return write_weights_file(path, model.state_dict(), metadata_json, half=half, overwrite=overwrite)
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
     p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"Weights file {p} does not exist.")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(
-            f"{p} is not a napari-mmseg weights file (not readable as safetensors: {e})."
-        ) from None
-    if raw is None:
-        raise WeightsError(f"{p} is a safetensors file without napari-mmseg metadata; it is not ours.")
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise WeightsError(f"{p} has unreadable napari-mmseg metadata ({str(e)[:100] or 'nested too deeply'}).") \
-            from None
+    raw, doc = read_metadata_json(p)
     version = doc.get("format_version") if isinstance(doc, dict) else None
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise WeightsError(f"{p} uses weights format {version}; upgrade napari-mmseg.")
@@ -180,35 +140,11 @@ def load_weights(
         )
     with torch.device("meta"):  # shapes only: nothing allocated before the file is known to match
         expected = build_model(meta).state_dict()
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{p} is corrupt or truncated ({e}).") from None
+    stored = read_tensors(p)
     _fill_per_modality_statistics(stored, expected)
-    missing = sorted(set(expected) - set(stored))
-    extra = sorted(set(stored) - set(expected))
-    shapes = [k for k in expected if k in stored and stored[k].shape != expected[k].shape]
-    if missing or extra or shapes:
-        what = "; ".join(
-            f"{label} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", extra), ("mis-shaped", shapes))
-            if keys
-        )
-        raise WeightsError(f"{p.name} does not match a {meta.variant} network as its metadata describes: {what}.")
-    retyped = [k for k in expected if stored[k].is_floating_point() != expected[k].is_floating_point()
-               or stored[k].dtype.is_complex or stored[k].dtype == torch.bool]
-    if retyped:
-        k = retyped[0]
-        raise WeightsError(f"{p.name} stores {k} as {str(stored[k].dtype).removeprefix('torch.')}, where the network "
-                           f"holds {str(expected[k].dtype).removeprefix('torch.')}"
-                           f"{f' (and {len(retyped) - 1} more like it)' if len(retyped) > 1 else ''}: the file is "
-                           "damaged or forged.")
-    broken = [k for k in expected if stored[k].is_floating_point() and not torch.isfinite(stored[k]).all()]
-    if broken:
-        raise WeightsError(f"{p.name} holds NaN or infinite weights ({', '.join(broken[:3])}): it is damaged.")
+    state = checked_state(p, stored, expected, f"a {meta.variant} network")
     model = build_model(meta)
-    model.load_state_dict({k: stored[k].to(expected[k].dtype) for k in expected})
+    model.load_state_dict(state)
     model.eval()
     return LoadedModel(model, meta, p)
 
