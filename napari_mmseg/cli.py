@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from napari_mmseg.config import DEFAULT_VARIANT, DEVICE_CHOICES, PRESETS, PROTOCOLS, VARIANTS
-from napari_mmseg.errors import MmsegError, OutputError, ScanError
-from napari_mmseg.io.safe_write import check_output, write_csv_atomic
+from napari_mmseg.errors import MmsegError, ScanError
+from napari_mmseg.io.safe_write import check_output, refuse_over_inputs, write_csv_atomic
 
 EXIT_ERROR = 1
 
@@ -54,8 +54,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.csv:  # checked before the work; never the prediction or reference, even with --overwrite
         table = check_output(args.csv, args.overwrite)
-        if table.exists() and any(table.samefile(p) for p in (args.prediction, args.reference) if Path(p).exists()):
-            raise ScanError(f"Refusing to write the table over the prediction or reference ({table}).")
+        refuse_over_inputs(table, (args.prediction, args.reference), "the prediction or reference")
     pred_img, ref_img = read_labels(args.prediction), read_labels(args.reference)
     if pred_img.GetSize() != ref_img.GetSize():
         raise ScanError(
@@ -115,9 +114,7 @@ def cmd_average(args: argparse.Namespace) -> int:
     from napari_mmseg.models.weights import average_weights, save_weights
 
     out = check_output(args.out, args.overwrite, make_parents=True)  # refused before the work
-    if out.exists() and any(Path(w).exists() and out.samefile(w) for w in args.weights):
-        raise OutputError(f"-o {out} is one of the files averaged: never written over, even with --overwrite; "
-                          "choose another name.")
+    refuse_over_inputs(out, args.weights, "one of the files averaged")
     averaged = average_weights(args.weights)
     print(f"wrote {save_weights(averaged.model, averaged.meta, out, half=args.half, overwrite=args.overwrite)}")
     return 0
@@ -144,9 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.variant == "individual" else [args.variant]
     for name in names:  # weights a finished run left are refused before the work; a start file always
         target = check_output(Path(args.out) / f"{name}.safetensors", args.overwrite, make_parents=True)
-        if target.exists() and any(Path(w).exists() and target.samefile(w) for w in args.init_weights or []):
-            raise OutputError(f"{target} is one of --init-weights: never written over, even with --overwrite; "
-                              "give another --out.")
+        refuse_over_inputs(target, args.init_weights or [], "one of --init-weights")
     starts = {}
     for path in args.init_weights or []:
         meta = read_metadata(path)
@@ -223,8 +218,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if path_suffix(out) not in LABEL_SUFFIXES:
         raise ScanError(f"-o {args.output}: label files end in .nii.gz, .nii, .nrrd or .mha.")
-    if out.exists() and any(out.samefile(p) for p in (args.scan, args.labels, args.hints) if Path(p).exists()):
-        raise ScanError(f"Refusing to write the refined labels over an input ({out}); choose another file.")
+    refuse_over_inputs(out, (args.scan, args.labels, args.hints), "an input")
     check_output(out, args.overwrite, make_parents=True)  # refused before the work
     scan = read_scan(args.scan)
     labels_image = read_labels(args.labels)

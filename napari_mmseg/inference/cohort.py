@@ -25,7 +25,7 @@ from pathlib import Path
 from napari_mmseg.errors import MmsegError, ScanError
 from napari_mmseg.inference.segment import InferenceOptions, segment_image
 from napari_mmseg.io.header_checks import sitk_path
-from napari_mmseg.io.safe_write import check_output, write_csv_atomic, write_text_atomic
+from napari_mmseg.io.safe_write import check_output, refuse_over_inputs, write_csv_atomic, write_text_atomic
 from napari_mmseg.io.scan_io import (
     LABEL_SUFFIXES,
     SCAN_SUFFIXES,
@@ -138,10 +138,9 @@ def output_paths(scans: list[Path], output: str, overwrite: bool, skip_existing:
         outs = [out_path / f"{strip_suffix(s)}.nii.gz" for s in scans]
     if len(set(outs)) != len(outs):
         raise ScanError("Two inputs have the same name; segment them into different output folders.")
-    for scan, out in shard.share(list(zip(scans, outs, strict=True))):
+    for _, out in shard.share(list(zip(scans, outs, strict=True))):
         sitk_path(out.parent, "output folder")
-        if out.exists() and any(out.samefile(s) for s in scans):
-            raise ScanError(f"Refusing to write labels over the scan {scan}; choose another output.")
+        refuse_over_inputs(out, scans, "the scans")
         check_output(out, overwrite or (skip_existing and out.is_file()), make_parents=True)
     return outs
 

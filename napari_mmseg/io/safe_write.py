@@ -32,6 +32,14 @@ def _nearest_existing(folder: Path) -> Path:
     return folder
 
 
+def refuse_over_inputs(out: Path, inputs: Iterable[str | os.PathLike], inputs_are: str) -> None:
+    """An output that is one of the command's own inputs is refused, even with --overwrite:
+    `inputs_are` says which in the message ("the scan", "one of the files averaged")."""
+    if out.exists() and any(Path(p).exists() and out.samefile(p) for p in inputs):
+        raise OutputError(f"Refusing to write {out} over {inputs_are}: never written over, even with --overwrite; "
+                          "choose another name.")
+
+
 def check_output(path: str | os.PathLike, overwrite: bool, make_parents: bool = False) -> Path:
     """Refuse, before any work, an output that cannot be written: an existing file without
     `overwrite`, a folder, a device, a symlink loop, a missing or read-only folder."""
