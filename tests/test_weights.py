@@ -222,3 +222,10 @@ def test_averaged_weights_are_the_mean_of_the_files_and_only_of_one_network(tmp_
         average_weights([a, other])
     with pytest.raises(WeightsError, match="at least two"):
         average_weights([a])
+
+
+def test_a_correction_file_is_refused_as_a_segmentation_network_by_name():
+    from napari_mmseg.correction.model import bundled_correction_weights
+
+    with pytest.raises(WeightsError, match="correction network .*not a segmentation network"):
+        load_weights(bundled_correction_weights())

@@ -114,6 +114,9 @@ def save_weights(
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
     p = Path(path)
     raw, doc = read_metadata_json(p)
+    if isinstance(doc, dict) and doc.get("kind") == "correction":
+        raise WeightsError(f"{p.name} holds the correction network of `mmseg refine`, not a segmentation network: "
+                           "give a segmentation weights file.")
     version = doc.get("format_version") if isinstance(doc, dict) else None
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise WeightsError(f"{p} uses weights format {version}; upgrade napari-mmseg.")
