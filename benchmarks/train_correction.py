@@ -16,7 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
-from napari_mmseg.correction.model import CorrectionMetadata, load_correction_model
+from napari_mmseg.correction.model import CorrectionMetadata, read_correction_network
 from napari_mmseg.correction.training import CorrectionTraining, split_held_out, train_correction
 from napari_mmseg.io.datasets import load_dataset
 from napari_mmseg.models.weights import bundled_weights, read_metadata
@@ -38,14 +38,13 @@ def main() -> None:
 
     cases = (load_dataset(args.ct, "CT") if args.ct else []) + (load_dataset(args.mr, "MR") if args.mr else [])
     train_cases, held_out = split_held_out(cases)
-    init = load_correction_model(args.init, device="cpu") if args.init else None
-    seg = read_metadata(bundled_weights("msbn"))
-    meta = CorrectionMetadata(normalization={m: seg.normalization[m] for m in ("CT", "MR")})
-    if init is not None:
-        meta = init.meta
+    init, meta = read_correction_network(args.init) if args.init else (None, None)
+    if meta is None:
+        seg = read_metadata(bundled_weights("msbn"))
+        meta = CorrectionMetadata(normalization={m: seg.normalization[m] for m in ("CT", "MR")})
     training = {"held_out": sorted(c.name for c in held_out), "normalization_from": "msbn",
                 "init": Path(args.init).name if args.init else None,
-                "init_steps": int(init.meta.training.get("steps", 0)) if init else 0}
+                "init_steps": int(meta.training.get("steps", 0)) if init else 0}
     meta = CorrectionMetadata(**{**meta.__dict__, "training": training})
     args.out.mkdir(parents=True, exist_ok=True)
     log_path = args.out / "train.log"

@@ -234,12 +234,19 @@ def summary_lines(meta: CorrectionMetadata, name: str) -> list[str]:
     return [name] + [f"  {key:<16} {value}" for key, value in rows]
 
 
-def load_correction_model(path: str | os.PathLike | None = None, device: str = "auto") -> CorrectionModel:
-    """The bundled correction network (None) or the one in `path`, ready for inference."""
-    p = Path(path) if path is not None else bundled_correction_weights()
+def read_correction_network(path: str | os.PathLike) -> tuple[CorrectionNet, CorrectionMetadata]:
+    """The network in `path` as it was trained (batch norm apart: training can go on from it)."""
+    p = Path(path)
     meta = read_correction_metadata(p)
     network = build_network(meta.network)
     network.load_state_dict(checked_state(p, read_tensors(p), network.state_dict(), "the correction network"))
+    return network, meta
+
+
+def load_correction_model(path: str | os.PathLike | None = None, device: str = "auto") -> CorrectionModel:
+    """The bundled correction network (None) or the one in `path`, ready for inference."""
+    p = Path(path) if path is not None else bundled_correction_weights()
+    network, meta = read_correction_network(p)
     where = resolve_device(device)
     place(_folded(network.eval()), where)
     return CorrectionModel(network, meta, where, p)

@@ -147,14 +147,20 @@ def refine(scan: sitk.Image, labels: np.ndarray, hints: Sequence[Hint], modality
     x = network_input(_normalised(values, scan, meta.norm_for(modality)), crop_labels,
                       _crop_hints(scan, grid, hints), meta.hint_sigma_mm / meta.spacing_mm)
     probs = _probabilities(model, x)
-    on_crop = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(probs, 0, -1)), isVector=True)
+    # Where the network departs from the labels it was given, on its own grid (one voxel of
+    # margin, so a moved border meets the old one): only there may the scan's voxels change,
+    # and a border the network merely redraws at 2 mm stays as the user left it.
+    departed = ndimage.binary_dilation(_allowed(crop_labels, probs.argmax(axis=0).astype(np.uint8), last))
+    with_departure = np.concatenate([probs, departed[None].astype(np.float32)])
+    on_crop = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(with_departure, 0, -1)), isVector=True)
     on_crop.CopyInformation(grid)
     native = sitk.GetArrayFromImage(sitk.Resample(on_crop, sub_scan, sitk.Transform(), sitk.sitkLinear, 0.0))
-    new = np.argmax(native, axis=-1).astype(np.uint8)
-    covered = native.sum(axis=-1) > 0.5  # native voxels the cube reaches
+    new = np.argmax(native[..., :-1], axis=-1).astype(np.uint8)
+    covered = native[..., :-1].sum(axis=-1) > 0.5  # native voxels the cube reaches
     box_points = np.rint(points - np.asarray([z0, y0, x0])).astype(int)
     spacing = np.asarray(scan.GetSpacing())[::-1]
-    change = _allowed(old, new, last) & covered & _near(old.shape, box_points, spacing, REACH_MM)
+    change = (_allowed(old, new, last) & covered & (native[..., -1] > 0.5)
+              & _near(old.shape, box_points, spacing, REACH_MM))
     out = labels.copy()
     out[region][change] = new[change]
     inside = box_points[((box_points >= 0) & (box_points < np.asarray(old.shape))).all(axis=1)]

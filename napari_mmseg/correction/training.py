@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+from monai.losses import DiceLoss
 from scipy import ndimage
 
 from napari_mmseg.config import PRESETS
 from napari_mmseg.correction.hints import Hint
 from napari_mmseg.correction.model import (
     CorrectionMetadata,
-    CorrectionModel,
+    CorrectionNet,
     CropHint,
     build_network,
     network_input,
@@ -63,15 +63,20 @@ def _random_voxel(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(np.unravel_index(int(idx[rng.integers(idx.size)]), mask.shape))
 
 
+# how an automatic result goes wrong, and how often each kind is drawn
+CORRUPTIONS = {"erode": 0.1, "dilate": 0.1, "erode here": 0.15, "dilate here": 0.15, "neighbour": 0.15,
+               "piece": 0.1, "blob": 0.05, "missed": 0.2}
+
+
 def corrupt(reference: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The reference labels as an automatic result might have them wrong: 1–3 of erosion,
-    dilation, a neighbour taking part of an organ, a piece missing, a false blob, a missed
+    dilation (of a whole organ, or of its border in one place, the commonest error of a good
+    result), a neighbour taking part of an organ, a piece missing, a false blob, a missed
     organ."""
     labels = reference.copy()
     for _ in range(int(rng.integers(1, 4))):
         organs = [k for k in range(1, NUM_CLASSES) if (labels == k).any()]
-        kind = rng.choice(["erode", "dilate", "neighbour", "piece", "blob", "missed"],
-                          p=[0.2, 0.2, 0.2, 0.15, 0.15, 0.1])
+        kind = rng.choice(list(CORRUPTIONS), p=list(CORRUPTIONS.values()))
         if not organs or kind == "blob":
             k = int(rng.integers(1, NUM_CLASSES))
             centre = _random_voxel(labels != k, rng) if (labels != k).any() else np.asarray(labels.shape) // 2
@@ -79,11 +84,15 @@ def corrupt(reference: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             continue
         k = int(rng.choice(organs))
         organ = labels == k
-        if kind == "erode":
-            labels[organ & ~ndimage.binary_erosion(organ, iterations=int(rng.integers(1, 4)))] = 0
-        elif kind == "dilate":
+        here = np.ones(labels.shape, bool)
+        if kind.endswith(" here"):  # only within a ball around a point of the organ's border
+            border = organ & ~ndimage.binary_erosion(organ)
+            here = _ball(labels.shape, _random_voxel(border, rng), rng.uniform(6, 16))
+        if kind.startswith("erode"):
+            labels[here & organ & ~ndimage.binary_erosion(organ, iterations=int(rng.integers(1, 4)))] = 0
+        elif kind.startswith("dilate"):
             grown = ndimage.binary_dilation(organ, iterations=int(rng.integers(1, 4)))
-            labels[grown & (labels == 0)] = k
+            labels[here & grown & (labels == 0)] = k
         elif kind == "neighbour":  # a half of the organ beyond a random plane goes to another label
             others = [j for j in range(NUM_CLASSES) if j != k]
             j = int(rng.choice(others))
@@ -149,13 +158,27 @@ class CorrectionTraining:
     lr: float = 1e-3
     checkpoint_every: int = 100
     seed: int = 0
+    # cross-entropy weight of a voxel the input labels have wrong, against 1 for the others: a
+    # cube is mostly right already, and copying it must not be the cheapest answer
+    error_weight: float = 4.0
     simulation: SimulationConfig = SimulationConfig()
 
 
+def correction_loss(logits: torch.Tensor, inputs: torch.Tensor, target: torch.Tensor, error_weight: float,
+                    dice: DiceLoss) -> torch.Tensor:
+    """Dice over the batch (an organ absent from one cube is not scored there) plus
+    cross-entropy weighted towards the voxels whose input label is wrong."""
+    wrong = inputs[:, 1 : 1 + NUM_CLASSES].argmax(1) != target
+    weight = 1.0 + error_weight * wrong.float()
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    return dice(logits, target[:, None]) + (ce * weight).sum() / weight.sum()
+
+
 def train_correction(run: CorrectionTraining, cases: list[PreparedCase], meta: CorrectionMetadata,
-                     log: Callable[[str], None] = print, init: CorrectionModel | None = None) -> Path:
-    """Train until the time budget or step count is spent; write `last.safetensors` at each
-    checkpoint (and at the end, with the steps in the metadata). Returns its path."""
+                     log: Callable[[str], None] = print, init: CorrectionNet | None = None) -> Path:
+    """Train until the time budget or step count is spent, from `init`'s weights when given;
+    write `last.safetensors` at each checkpoint (and at the end, with the steps in the
+    metadata). Returns its path."""
     rng = np.random.default_rng(run.seed)
     torch.manual_seed(run.seed)
     light = PRESETS["light"].training
@@ -168,9 +191,9 @@ def train_correction(run: CorrectionTraining, cases: list[PreparedCase], meta: C
     device = torch.device("cpu")
     network = place(build_network(meta.network), device)
     if init is not None:
-        network.load_state_dict(init.network.state_dict())
+        network.load_state_dict(init.state_dict())
     optimiser = torch.optim.AdamW(network.parameters(), lr=run.lr, weight_decay=1e-5)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    dice = DiceLoss(to_onehot_y=True, softmax=True, batch=True)
     sigma_vox = meta.hint_sigma_mm / meta.spacing_mm
 
     def answer(x: np.ndarray) -> np.ndarray:
@@ -192,8 +215,9 @@ def train_correction(run: CorrectionTraining, cases: list[PreparedCase], meta: C
         for group in optimiser.param_groups:  # poly decay over the time budget: the steps are not known ahead
             group["lr"] = run.lr * max(0.0, 1 - (time.monotonic() - start) / run.seconds) ** 0.9
         network.train()
-        logits = network(place(torch.from_numpy(inputs), device))
-        loss = loss_fn(logits, torch.from_numpy(refs.astype(np.int64)))
+        x = place(torch.from_numpy(inputs), device)
+        loss = correction_loss(network(x), x, torch.from_numpy(refs[:, 0].astype(np.int64)).to(device),
+                               run.error_weight, dice)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -212,6 +236,7 @@ def _save(network: torch.nn.Module, meta: CorrectionMetadata, names: list[str], 
           step: int, path: Path) -> None:
     training = {**meta.training, "cases": names, "steps": step + int(meta.training.get("init_steps", 0)),
                 "batch_size": run.batch_size, "patch": run.patch, "lr": run.lr,
+                "error_weight": run.error_weight,
                 "date": time.strftime("%Y-%m-%d"), "simulation": run.simulation.__dict__}
     save_correction_model(network, replace(meta, training=training), path)
     save_correction_model(network, replace(meta, training=training), path.with_name(f"step{step:06d}.safetensors"))
