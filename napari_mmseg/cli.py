@@ -211,6 +211,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from napari_mmseg.correction.hints import read_hints
+    from napari_mmseg.io.datasets import LABEL_PRESETS, remap_labels
+    from napari_mmseg.io.reference_labels import misplaced, organ_layout, reference_ids
     from napari_mmseg.io.scan_io import LABEL_SUFFIXES, path_suffix, read_labels, read_scan, same_geometry, write_labels
     from napari_mmseg.organs import NUM_CLASSES, check_modality
 
@@ -225,11 +227,25 @@ def cmd_refine(args: argparse.Namespace) -> int:
     if not same_geometry(labels_image, scan):
         raise ScanError(f"{args.labels} is not on the scan's grid (size {labels_image.GetSize()}, spacing, origin "
                         f"and direction must be the scan's {scan.GetSize()}): resample it onto the scan first.")
-    labels = sitk.GetArrayFromImage(labels_image)
-    if labels.max() >= NUM_CLASSES:
-        raise ScanError(f"{args.labels} holds label id {int(labels.max())}: give labels in this tool's ids "
-                        "(0 background, 1 liver, 2 spleen, 3 right kidney, 4 left kidney).")
-    labels = labels.astype(np.uint8)
+    given = sitk.GetArrayFromImage(labels_image)
+    if args.label_ids:  # another numbering: corrected in ours, written back in its own ids
+        numbering = reference_ids(Path(args.labels), labels_image, args.label_ids, "--label-ids")
+        if numbering.warning:
+            print(f"mmseg: warning: {numbering.warning}", file=sys.stderr)
+        convention = numbering.convention
+        labels = remap_labels(given, convention.label_map())
+    else:
+        convention = None
+        if given.max() >= NUM_CLASSES:
+            raise ScanError(f"{args.labels} holds label id {int(given.max())}: this tool's ids are 0 background, "
+                            "1 liver, 2 spleen, 3 right kidney, 4 left kidney; for another numbering pass "
+                            f"--label-ids with its dataset's name ({', '.join(LABEL_PRESETS)}) or name=id pairs.")
+        wrong_side = misplaced(LABEL_PRESETS["mmseg"], organ_layout(labels_image))
+        if wrong_side:
+            print(f"mmseg: warning: read with this tool's ids, {wrong_side}: if the file uses another numbering "
+                  "(CHAOS: liver 1, right kidney 2, left kidney 3, spleen 4), pass --label-ids.", file=sys.stderr)
+        labels = given.astype(np.uint8)
+    start = labels
     hints = read_hints(args.hints, scan)  # every hint checked before any work
 
     from napari_mmseg.correction.model import load_correction_model  # the network: only once the input is sound
@@ -246,6 +262,10 @@ def cmd_refine(args: argparse.Namespace) -> int:
         print(f"hint {k}: {hint.sign}{hint.organ} ({points}): {changed} voxels changed ({changed * voxel_ml:.1f} ml), "
               f"{hint.organ} {grown * voxel_ml:+.1f} ml, {result.seconds:.2f} s")
         labels = result.labels
+    if convention is not None:  # only the corrected voxels take new ids; other structures stay as they were
+        changed = labels != start
+        ours, labels = labels, given.copy()
+        labels[changed] = convention.from_our_ids(ours[changed])
     write_labels(labels, out, scan, source=args.scan, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
@@ -313,7 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("refine", help="correct labels from hints (clicks and scribbles in mm) with the learned "
                        "correction model")
     p.add_argument("scan", help="the scan the labels belong to")
-    p.add_argument("--labels", required=True, help="labels on the scan's grid, in this tool's ids")
+    p.add_argument("--labels", required=True, help="labels on the scan's grid, in this tool's ids unless "
+                   "--label-ids says otherwise")
+    p.add_argument("--label-ids", metavar="DATASET|NAME=ID,...",
+                   help="what the label file's ids mean when they are not this tool's (1 liver, 2 spleen, 3 right "
+                   "kidney, 4 left kidney): a dataset's numbering (BTCV, CHAOS, AMOS, TotalSegmentator) or name=id "
+                   "pairs naming every id in it; the refined file keeps that numbering, and the ids of other "
+                   "structures stay as they were where nothing was corrected")
     p.add_argument("--hints", required=True, help="CSV (x,y,z,organ,sign[,stroke]; x, y, z in mm, LPS) or JSON "
                    "({\"hints\": [{\"organ\": \"spleen\", \"sign\": \"+\", \"points_mm\": [[x, y, z]]}]}); "
                    "applied in file order")

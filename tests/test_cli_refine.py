@@ -123,3 +123,41 @@ def test_a_click_in_a_missed_spleen_is_applied_and_written_on_the_scans_grid(cap
     refined = sitk.GetArrayFromImage(refined_image)
     assert refined[centre] == 2 and added > 0
     assert np.array_equal(refined[refined != 2], labels[refined != 2])  # a + spleen hint only adds spleen
+
+
+def test_labels_in_another_numbering_are_corrected_and_written_in_their_own_ids(capsys, tmp_path, scan_and_labels):
+    """CHAOS numbers the spleen 4 (this tool's left kidney): a spleen hint must add 4s, and
+    every voxel it did not correct keeps its id."""
+    scan_path, _, scan = scan_and_labels
+    chaos = np.zeros((8, 16, 16), np.uint8)
+    chaos[2:6, 4:12, 1:6] = 1  # liver (CHAOS 1)
+    chaos[2:6, 4:12, 12:15] = 4  # spleen (CHAOS 4)
+    image = sitk.GetImageFromArray(chaos)
+    image.CopyInformation(scan)
+    sitk.WriteImage(image, str(tmp_path / "chaos.nii.gz"))
+    centre = (4, 8, 9)  # background between them
+    hints = _csv(tmp_path / "h.csv", "{},{},{},spleen,+".format(*point_mm_of(centre, scan)))
+    out = tmp_path / "o.nii.gz"
+    code, _, err = run(capsys, "refine", scan_path, "--labels", tmp_path / "chaos.nii.gz", "--label-ids", "CHAOS",
+                       "--hints", hints, "-o", out, "--modality", "CT", "--device", "cpu")
+    assert code == 0, err
+    refined = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    changed = refined != chaos
+    assert refined[centre] == 4 and changed.any()
+    assert set(np.unique(refined[changed])) == {4}
+
+
+
+def test_labels_whose_organs_lie_on_the_wrong_sides_in_our_ids_get_a_warning(capsys, tmp_path, scan_and_labels):
+    scan_path, _, scan = scan_and_labels
+    chaos = np.zeros((8, 16, 16), np.uint8)
+    chaos[2:6, 4:12, 1:6] = 1  # liver on the patient's right (low x in LPS)
+    chaos[2:6, 4:12, 12:15] = 4  # CHAOS's spleen: this tool's left kidney, on the patient's left: fine
+    chaos[2:6, 2:4, 12:15] = 3  # CHAOS's left kidney: this tool's right kidney, on the patient's left: wrong
+    image = sitk.GetImageFromArray(chaos)
+    image.CopyInformation(scan)
+    sitk.WriteImage(image, str(tmp_path / "chaos.nii.gz"))
+    hints = _csv(tmp_path / "h.csv", "{},{},{},liver,+".format(*point_mm_of((4, 8, 6), scan)))
+    code, _, err = run(capsys, "refine", scan_path, "--labels", tmp_path / "chaos.nii.gz", "--hints", hints,
+                       "-o", tmp_path / "o.nii.gz", "--modality", "CT", "--device", "cpu")
+    assert code == 0 and "warning" in err and "--label-ids" in err

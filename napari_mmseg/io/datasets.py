@@ -30,7 +30,7 @@ from napari_mmseg.io.scan_io import (
     read_scan,
     strip_suffix,
 )
-from napari_mmseg.organs import ORGAN_BY_NAME, ORGANS, canonical_organ_name, check_modality
+from napari_mmseg.organs import NUM_CLASSES, ORGAN_BY_NAME, ORGANS, canonical_organ_name, check_modality
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,18 @@ class LabelConvention:
 
     def describe(self) -> str:
         return ", ".join(f"{name} {self.organs[name]}" for name in ORGAN_BY_NAME if name in self.organs)
+
+    def from_our_ids(self, ours: np.ndarray) -> np.ndarray:
+        """Our organ ids (0 background) as this numbering's ids; an organ it has no id for is refused."""
+        lut = np.full(NUM_CLASSES, -1, np.int64)
+        lut[0] = 0
+        for their, our in self.label_map().items():
+            lut[our] = their
+        values = lut[ours]
+        if (values < 0).any():
+            missing = ", ".join(o.name for o in ORGANS if o.label in np.unique(ours[values < 0]))
+            raise ScanError(f"The {self.name} numbering ({self.describe()}) has no id for {missing}.")
+        return values
 
 
 def _preset(name: str, organs: dict[str, int], last_id: int) -> LabelConvention:

@@ -104,7 +104,7 @@ def _does_not_explain(convention: LabelConvention, layout: OrganLayout) -> str |
     return None
 
 
-def infer_reference_ids(path: Path, layout: OrganLayout) -> ReferenceIds:
+def infer_reference_ids(path: Path, layout: OrganLayout, flag: str = "--ref-labels") -> ReferenceIds:
     """The one public numbering that explains the file; refused when none or several do."""
     fits = [p for p in LABEL_PRESETS.values() if _does_not_explain(p, layout) is None]
     numberings = {tuple(sorted(p.organs.items())) for p in fits}
@@ -114,30 +114,30 @@ def infer_reference_ids(path: Path, layout: OrganLayout) -> ReferenceIds:
     if fits:
         raise ScanError(f"{path} fits several numberings that differ for our organs "
                         f"({', '.join(p.name for p in fits)}): pass "
-                        f"{' or '.join(f'--ref-labels {p.name}' for p in fits)}.")
+                        f"{' or '.join(f'{flag} {p.name}' for p in fits)}.")
     ids = _id_list(layout.ids) or "none"
     raise ScanError(f"{path} (ids {ids}, no dataset.json beside it) fits none of "
-                    f"{', '.join(LABEL_PRESETS)}: pass --ref-labels with its dataset's name or {NAME_IDS_HELP}.")
+                    f"{', '.join(LABEL_PRESETS)}: pass {flag} with its dataset's name or {NAME_IDS_HELP}.")
 
 
-def reference_ids(path: Path, labels: sitk.Image, spec: str | None) -> ReferenceIds:
-    """The reference file's numbering: from `spec` (--ref-labels), a dataset.json beside the
+def reference_ids(path: Path, labels: sitk.Image, spec: str | None, flag: str = "--ref-labels") -> ReferenceIds:
+    """The file's numbering: from `spec` (the command's `flag`), a dataset.json beside the
     file, or inferred; refused when the file holds ids that numbering gives no meaning."""
     layout = organ_layout(labels)
     if spec:
         preset = {name.lower(): p for name, p in LABEL_PRESETS.items()}.get(spec.strip().lower())
-        chosen = ReferenceIds(preset, f"--ref-labels {preset.name}") if preset else \
-            ReferenceIds(parse_name_ids(spec), "--ref-labels")
+        chosen = ReferenceIds(preset, f"{flag} {preset.name}") if preset else \
+            ReferenceIds(parse_name_ids(spec, flag), flag)
     else:
         dataset_json = next((c for c in (path.parent / "dataset.json", path.parent.parent / "dataset.json")
                              if c.is_file()), None)
         if dataset_json is None:
-            return infer_reference_ids(path, layout)
+            return infer_reference_ids(path, layout, flag)
         chosen = ReferenceIds(convention_from_dataset_json(dataset_json), str(dataset_json))
     unknown = unexplained_ids(chosen.convention, layout)
     if unknown:
         fits = [p.name for p in LABEL_PRESETS.values() if _does_not_explain(p, layout) is None]
-        hint = f"pass --ref-labels {' or '.join(fits)}, or name them" if fits else f"name them: {NAME_IDS_HELP}"
+        hint = f"pass {flag} {' or '.join(fits)}, or name them" if fits else f"name them: {NAME_IDS_HELP}"
         raise ScanError(f"{path} holds ids {_id_list(unknown)}, which {chosen.source} gives no meaning "
                         f"({chosen.convention.describe()}): {hint}.")
     wrong_side = misplaced(chosen.convention, layout)
@@ -156,7 +156,7 @@ def convention_from_dataset_json(path: Path) -> LabelConvention:
     return LabelConvention(str(path), organs, frozenset(int(i) for i in labels.values() if i != 0))
 
 
-def parse_name_ids(text: str) -> LabelConvention:
+def parse_name_ids(text: str, flag: str = "--ref-labels") -> LabelConvention:
     """`liver=6,spleen=1,kidney_right=2,kidney_left=3,gallbladder=4` → a numbering. Names of
     our organs in any common spelling; other names are other structures, unless one looks
     like a misspelt organ that is not named otherwise (`livr=6`)."""
@@ -164,25 +164,25 @@ def parse_name_ids(text: str) -> LabelConvention:
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, _, value = (part.strip() for part in item.partition("="))
         if not value.isdigit() or not name:
-            raise ScanError(f"Cannot read {item!r} in --ref-labels: write name=id, e.g. liver=6,spleen=1, "
+            raise ScanError(f"Cannot read {item!r} in {flag}: write name=id, e.g. liver=6,spleen=1, "
                             f"or a dataset's name ({', '.join(LABEL_PRESETS)}).")
         if name in pairs:
-            raise ScanError(f"--ref-labels names {name} twice.")
+            raise ScanError(f"{flag} names {name} twice.")
         pairs[name] = int(value)
     ids = [i for i in pairs.values() if i != 0]
     shared = sorted({i for i in ids if ids.count(i) > 1})
     if shared:
-        raise ScanError(f"--ref-labels gives id {shared[0]} to more than one organ or structure: one id each.")
+        raise ScanError(f"{flag} gives id {shared[0]} to more than one organ or structure: one id each.")
     organs = {ours: i for name, i in pairs.items() if (ours := canonical_organ_name(name)) is not None}
     spellings = {_key(o.name): o.name for o in ORGANS} | {_key(o.display_name): o.name for o in ORGANS}
     for name in (n for n in pairs if canonical_organ_name(n) is None):
         close = difflib.get_close_matches(_key(name), list(spellings), n=1, cutoff=0.75)
         if close and spellings[close[0]] not in organs:
-            raise ScanError(f"--ref-labels names {name!r}: did you mean {spellings[close[0]]}?")
+            raise ScanError(f"{flag} names {name!r}: did you mean {spellings[close[0]]}?")
     if not organs:
-        raise ScanError(f"--ref-labels names none of {', '.join(ORGAN_BY_NAME)}: write e.g. liver=6,spleen=1, "
+        raise ScanError(f"{flag} names none of {', '.join(ORGAN_BY_NAME)}: write e.g. liver=6,spleen=1, "
                         f"or a dataset's name ({', '.join(LABEL_PRESETS)}).")
-    return LabelConvention("--ref-labels", organs, frozenset(ids))
+    return LabelConvention(flag, organs, frozenset(ids))
 
 
 def _key(name: str) -> str:
