@@ -7,10 +7,12 @@ probabilities are resampled back onto the scan's own voxels before the argmax: a
 border lies where the user sees it, at the scan's resolution, not on the 2 mm grid.
 
 What may change is what the last hint is about: a positive hint for organ k only turns
-voxels into k, a negative one only turns k voxels into something else, and only the changed
-voxels within `REACH_MM` of the hint are taken (a click never edits a distant organ). When
-the network leaves the hint's own voxels as they were, the brush paints them, so a click is
-never lost.
+voxels into k, a negative one only turns k voxels into something else; only where the network
+departs from the labels it was given (a border it merely redraws on its coarser grid stays
+as it was); and only within a reach of the hint that grows with how deep the hint lies inside
+its current label (a click at a border moves that border, a click in the middle of a missed
+organ brings the organ). When the network leaves the hint's own voxels as they were, the
+brush paints them, so a click is never lost.
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ from napari_mmseg.device import place
 from napari_mmseg.preprocessing import IntensityNorm, body_mask
 
 Region = tuple[slice, slice, slice]
-# how far from the last hint the network's answer is taken: a click edits its neighbourhood, not
-# the whole cube
-REACH_MM = 40.0
+# How far from the last hint the network's answer is taken. A click next to a border asks for
+# that border to move there; a click deep inside a wrongly labelled area asks for the area: the
+# reach is REACH_PER_DEPTH times the hint's depth in its current label (its distance to the
+# nearest other label), at least MIN_REACH_MM and at most REACH_MM.
+REACH_MM = 64.0  # the sphere inside the 128 mm cube
+MIN_REACH_MM = 6.0
+REACH_PER_DEPTH = 3.0
 NOTHING: Region = (slice(0, 0), slice(0, 0), slice(0, 0))
 
 
@@ -120,6 +126,21 @@ def _near(shape: tuple[int, ...], points: np.ndarray, spacing_zyx: np.ndarray, r
     return ndimage.distance_transform_edt(seeds, sampling=spacing_zyx) <= reach_mm
 
 
+def _depth_mm(crop_labels: np.ndarray, hints: list[CropHint], spacing_mm: float) -> float:
+    """How deep the hint's points lie inside their current labels: the largest distance from
+    one of them to a voxel of another label, in mm (on the crop's grid)."""
+    points = np.rint(np.concatenate([h.points for h in hints])).astype(int)
+    points = points[((points >= 0) & (points < np.asarray(crop_labels.shape))).all(axis=1)]
+    if not len(points):
+        return 0.0
+    depth = 0.0
+    for value in np.unique(crop_labels[tuple(points.T)]):
+        inside = ndimage.distance_transform_edt(crop_labels == value) * spacing_mm
+        mine = points[crop_labels[tuple(points.T)] == value]
+        depth = max(depth, float(inside[tuple(mine.T)].max()))
+    return depth
+
+
 def refine(scan: sitk.Image, labels: np.ndarray, hints: Sequence[Hint], modality: str,
            model: CorrectionModel) -> Refinement:
     """New labels from `hints`, recomputed in the cube around the last one (every hint in
@@ -159,8 +180,10 @@ def refine(scan: sitk.Image, labels: np.ndarray, hints: Sequence[Hint], modality
     covered = native[..., :-1].sum(axis=-1) > 0.5  # native voxels the cube reaches
     box_points = np.rint(points - np.asarray([z0, y0, x0])).astype(int)
     spacing = np.asarray(scan.GetSpacing())[::-1]
+    reach = float(np.clip(REACH_PER_DEPTH * _depth_mm(crop_labels, _crop_hints(scan, grid, [last]),
+                                                      meta.spacing_mm), MIN_REACH_MM, REACH_MM))
     change = (_allowed(old, new, last) & covered & (native[..., -1] > 0.5)
-              & _near(old.shape, box_points, spacing, REACH_MM))
+              & _near(old.shape, box_points, spacing, reach))
     out = labels.copy()
     out[region][change] = new[change]
     inside = box_points[((box_points >= 0) & (box_points < np.asarray(old.shape))).all(axis=1)]
