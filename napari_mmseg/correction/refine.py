@@ -168,10 +168,10 @@ def refine(scan: sitk.Image, labels: np.ndarray, hints: Sequence[Hint], modality
     x = network_input(_normalised(values, scan, meta.norm_for(modality)), crop_labels,
                       _crop_hints(scan, grid, hints), meta.hint_sigma_mm / meta.spacing_mm)
     probs = _probabilities(model, x)
-    # Where the network departs from the labels it was given, on its own grid (one voxel of
-    # margin, so a moved border meets the old one): only there may the scan's voxels change,
-    # and a border the network merely redraws at 2 mm stays as the user left it.
-    departed = ndimage.binary_dilation(_allowed(crop_labels, probs.argmax(axis=0).astype(np.uint8), last))
+    # Where the network departs from the labels it was given, on its own grid: only there may
+    # the scan's voxels change, and a border the network merely redraws at 2 mm stays as the
+    # user left it.
+    departed = _allowed(crop_labels, probs.argmax(axis=0).astype(np.uint8), last)
     with_departure = np.concatenate([probs, departed[None].astype(np.float32)])
     on_crop = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(with_departure, 0, -1)), isVector=True)
     on_crop.CopyInformation(grid)
