@@ -2,7 +2,8 @@
 result into correct organs, with the learned correction model and with a plain brush.
 
     python benchmarks/bench_correction.py --dataset DIR --modality CT|MR [--variant V] [--weights FILE]
-        [--interactions N] [--cases ID ...] [--shift NAME] [--held-out] [--device cpu] [--threads N]
+        [--interactions N] [--cases ID ...] [--shift NAME] [--held-out] [--start auto|corrupted|missed-ORGAN]
+        [--device cpu] [--threads N]
 
 DIR is any nnU-Net raw dataset (dataset.json naming the labels, imagesTr/, labelsTr/); its
 organ ids are mapped to ours by name. For every case: segment it with the bundled network
@@ -46,7 +47,7 @@ from napari_mmseg.inference.segment import InferenceOptions, segment_image
 from napari_mmseg.io.datasets import LabelledCase, load_nnunet_dataset
 from napari_mmseg.metrics import dice_scores
 from napari_mmseg.models.weights import LoadedModel, bundled_weights, load_weights
-from napari_mmseg.organs import ORGANS
+from napari_mmseg.organs import ORGAN_BY_NAME, ORGANS
 
 TARGETS = (0.90, 0.95)  # Dice an organ should reach: interactions needed (NoC@90, NoC@95)
 METHODS = ("learned", "brush")
@@ -198,10 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out", action="store_true",
                         help="only the cases the correction weights' metadata says were never trained on")
     parser.add_argument("--device", default="auto", type=str.lower, choices=DEVICE_CHOICES)
-    parser.add_argument("--start", choices=("auto", "corrupted"), default="auto",
-                        help="start from the automatic result (default) or from the reference corrupted as the "
+    parser.add_argument("--start", choices=("auto", "corrupted", *(f"missed-{o.name}" for o in ORGANS)),
+                        default="auto",
+                        help="start from the automatic result (default), from the reference corrupted as the "
                              "correction network's training does (organs eroded, dilated, partly another organ's, "
-                             "pieces or whole organs missing, false blobs; seeded by the case name): larger errors")
+                             "pieces or whole organs missing, false blobs; seeded by the case name): larger errors, "
+                             "or from the reference with one organ missed as a whole")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--start-cache", type=Path, metavar="DIR",
                         help="keep the automatic results here and reuse them (comparing correction weights)")
@@ -240,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         reference = sitk.GetArrayFromImage(reference_image)
         if args.start == "corrupted":
             start = corrupt(reference.astype(np.uint8), np.random.default_rng(sum(map(ord, case.name))))
+        elif args.start.startswith("missed-"):
+            start = reference.astype(np.uint8)
+            start[start == ORGAN_BY_NAME[args.start.removeprefix("missed-")].label] = 0
         else:
             start = automatic_result(scan, segmenter, args.modality, options, args.start_cache
                                      and args.start_cache / f"{case.name}-{args.variant}-{shift_tag}.npy")
@@ -253,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
 
     results = {m: summary(curves[m]) for m in METHODS}
     print(f"{len(cases)} {args.modality} cases of {args.dataset}" + (f", shift {shift.name}" if shift else "")
-          + f"; start: {args.variant if args.start == 'auto' else 'corrupted reference'}; correction: {model.path}")
+          + f"; start: {args.variant if args.start == 'auto' else args.start.replace('-', ' ') + ' reference'}; "
+          f"correction: {model.path}")
     print(table(results, args.interactions))
     learned, base = results["learned"], results["brush"]
     print(json.dumps({

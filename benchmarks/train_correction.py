@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--error-weight", type=float, default=CorrectionTraining.error_weight,
+                        help="extra cross-entropy weight of voxels whose input label is wrong (0: plain)")
     args = parser.parse_args()
 
     cases = (load_dataset(args.ct, "CT") if args.ct else []) + (load_dataset(args.mr, "MR") if args.mr else [])
@@ -56,7 +58,8 @@ def main() -> None:
     prepared = [prepare_case(c, meta.spacing_mm, 48) for c in train_cases]
     log(f"training on {len(prepared)} cases; held out {training['held_out']}")
     run = CorrectionTraining(args.out, args.minutes * 60, batch_size=args.batch_size, lr=args.lr,
-                             checkpoint_every=args.checkpoint_every, seed=args.seed)
+                             checkpoint_every=args.checkpoint_every, seed=args.seed,
+                             error_weight=args.error_weight)
     print(f"wrote {train_correction(run, prepared, meta, log, init)} (log: {log_path})")
 
 

@@ -90,9 +90,8 @@ def test_labels_off_the_scans_grid_are_refused(capsys, tmp_path, scan_and_labels
 
 @pytest.mark.skipif(not BUNDLED.is_file(), reason=f"no bundled correction weights at {BUNDLED}")
 def test_a_click_in_a_missed_spleen_is_applied_and_written_on_the_scans_grid(capsys, tmp_path, data_dir):
-    """The command's part: hints in mm reach the model at the right voxel, the summary says what
-    changed, the file has the scan's geometry. How much of the organ one click brings back is
-    the model's quality, measured by benchmarks/bench_correction.py."""
+    """Hints in mm reach the model at the right voxel, one click brings most of a missed
+    organ back, the summary says what changed, the file has the scan's geometry."""
     from napari_mmseg.io.datasets import totalsegmentator_examples
 
     case = totalsegmentator_examples(data_dir / "totalsegmentator-examples")[0]
@@ -121,7 +120,9 @@ def test_a_click_in_a_missed_spleen_is_applied_and_written_on_the_scans_grid(cap
     assert refined_image.GetSize() == scan.GetSize() and refined_image.GetOrigin() == scan.GetOrigin()
     assert refined_image.GetDirection() == scan.GetDirection()
     refined = sitk.GetArrayFromImage(refined_image)
-    assert refined[centre] == 2 and added > 0
+    assert refined[centre] == 2
+    found = np.count_nonzero((refined == 2) & (truth == 2)) / np.count_nonzero(truth == 2)
+    assert found > 0.5 and np.count_nonzero((refined == 2) & (truth != 2)) < 0.5 * added, found
     assert np.array_equal(refined[refined != 2], labels[refined != 2])  # a + spleen hint only adds spleen
 
 

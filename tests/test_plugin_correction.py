@@ -117,7 +117,8 @@ def test_a_click_on_a_missed_spleen_brings_it_back_as_one_undo_step(viewer, qtbo
     assert layer.data[centre] == SPLEEN, "the clicked voxel is spleen now"
     added = (layer.data == SPLEEN) & (before != SPLEEN)
     assert added.sum() > 0 and np.array_equal(layer.data[~added], before[~added])
-    qtbot.waitUntil(lambda: dice.scores[SPLEEN - 1].dice > 0, timeout=2000)  # the Dice panel followed
+    # the Dice panel followed, and one click brought most of the spleen back, not a ball around the click
+    qtbot.waitUntil(lambda: dice.scores[SPLEEN - 1].dice > 0.5, timeout=2000)
     print(f"spleen Dice 0.000 → {dice.scores[SPLEEN - 1].dice:.3f} after one click ({added.sum()} voxels)")
 
     # the hint: a + in the spleen's colour on its own layer, the labels still the active layer
