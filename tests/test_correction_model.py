@@ -28,12 +28,14 @@ def ball(shape, centre, radius_mm):
 
 @pytest.fixture(scope="module")
 def phantom():
-    """A body of soft tissue (40 HU) in air, a spleen (120 HU, contrast-enhanced) of 24 mm
-    radius and a liver (90 HU) beside it; the reference labels."""
+    """A body in air, a spleen (120 HU, contrast-enhanced) of 24 mm radius and a liver (90 HU)
+    beside it; the reference labels. The body is fat (-100 HU), as around abdominal organs: a
+    body of uniform soft tissue at an unenhanced organ's density would be spleen-like to a
+    network trained on non-contrast appearances too."""
     shape = (40, 96, 96)
     rng = np.random.default_rng(0)
     values = np.full(shape, -1000.0, np.float32)
-    values[ball(shape, (20, 48, 48), 70)] = 40
+    values[ball(shape, (20, 48, 48), 70)] = -100
     reference = np.zeros(shape, np.uint8)
     spleen, liver = ball(shape, (20, 48, 64), 24), ball(shape, (20, 48, 26), 26)
     values[spleen], values[liver] = 120, 90

@@ -39,7 +39,6 @@ Region = tuple[slice, slice, slice]
 REACH_MM = 64.0  # the sphere inside the 128 mm cube
 MIN_REACH_MM = 6.0
 REACH_PER_DEPTH = 3.0
-SURE = 0.5
 NOTHING: Region = (slice(0, 0), slice(0, 0), slice(0, 0))
 
 
@@ -172,7 +171,7 @@ def refine(scan: sitk.Image, labels: np.ndarray, hints: Sequence[Hint], modality
     # Where the network departs from the labels it was given, on its own grid: only there may
     # the scan's voxels change, and a border the network merely redraws at 2 mm stays as the
     # user left it.
-    departed = _allowed(crop_labels, probs.argmax(axis=0).astype(np.uint8), last) & (probs.max(axis=0) >= SURE)
+    departed = _allowed(crop_labels, probs.argmax(axis=0).astype(np.uint8), last)
     with_departure = np.concatenate([probs, departed[None].astype(np.float32)])
     on_crop = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(with_departure, 0, -1)), isVector=True)
     on_crop.CopyInformation(grid)
