@@ -16,11 +16,13 @@ import SimpleITK as sitk
 from napari_mmseg.errors import ScanError
 from napari_mmseg.io.datasets import (
     CHAOS_LABEL_MAP,
+    LABEL_PRESETS,
     ChaosCase,
     label_map_from_names,
     load_btcv_folder,
     load_chaos_folder,
     load_dataset,
+    to_their_ids,
 )
 from napari_mmseg.io.scan_io import SCAN_DTYPES, same_geometry
 from napari_mmseg.organs import ORGAN_BY_NAME
@@ -232,3 +234,11 @@ def test_real_datasets(data_dir: Path, folder: str, modality: str, count: int) -
     image, labels = cases[0].load()
     assert same_geometry(image, labels)
     assert set(np.unique(sitk.GetArrayViewFromImage(labels))) == {0, *ORGAN_IDS.values()}
+
+
+def test_our_ids_go_back_into_a_numbering_and_the_organs_it_lacks_are_named():
+    ours = np.array([0, 1, 2, 3, 4], np.uint8)
+    assert LABEL_PRESETS["BTCV"].from_our_ids(ours).tolist() == [0, 6, 1, 2, 3]
+    assert LABEL_PRESETS["CHAOS"].from_our_ids(ours).tolist() == [0, 1, 4, 2, 3]
+    values, missing = to_their_ids(ours, {6: 1, 1: 2})  # liver and spleen only
+    assert values.tolist() == [0, 6, 1, -1, -1] and missing == ["kidney_right", "kidney_left"]

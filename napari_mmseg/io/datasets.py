@@ -52,14 +52,9 @@ class LabelConvention:
 
     def from_our_ids(self, ours: np.ndarray) -> np.ndarray:
         """Our organ ids (0 background) as this numbering's ids; an organ it has no id for is refused."""
-        lut = np.full(NUM_CLASSES, -1, np.int64)
-        lut[0] = 0
-        for their, our in self.label_map().items():
-            lut[our] = their
-        values = lut[ours]
-        if (values < 0).any():
-            missing = ", ".join(o.name for o in ORGANS if o.label in np.unique(ours[values < 0]))
-            raise ScanError(f"The {self.name} numbering ({self.describe()}) has no id for {missing}.")
+        values, missing = to_their_ids(ours, self.label_map())
+        if missing:
+            raise ScanError(f"The {self.name} numbering ({self.describe()}) has no id for {', '.join(missing)}.")
         return values
 
 
@@ -161,6 +156,19 @@ def remap_labels(values: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
     for src, dst in label_map.items():
         lut[src] = dst
     return lut[values]
+
+
+def to_their_ids(ours: np.ndarray, label_map: dict[int, int]) -> tuple[np.ndarray, list[str]]:
+    """Our organ ids (0 background) in a numbering given as its id → our id (the inverse of
+    `remap_labels` on the organs), and the names of the organs present that it has no id for
+    (their voxels are -1)."""
+    lut = np.full(NUM_CLASSES, -1, np.int64)
+    lut[0] = 0
+    for their, our in label_map.items():
+        lut[our] = their
+    values = lut[ours]
+    missing = [o.name for o in ORGANS if o.label in np.unique(ours[values < 0])]
+    return values, missing
 
 
 def label_map_from_names(names_to_ids: dict[str, int]) -> dict[int, int]:

@@ -29,7 +29,7 @@ from napari.qt.threading import create_worker
 from napari_mmseg.correction import aids
 from napari_mmseg.correction.hints import CORRECTION_LABELS, Hint
 from napari_mmseg.errors import MmsegError
-from napari_mmseg.io.datasets import label_map_from_names
+from napari_mmseg.io.datasets import label_map_from_names, to_their_ids
 from napari_mmseg.io.display_geometry import DisplayGeometry, image_from_layer
 from napari_mmseg.organs import MODALITIES, ORGAN_BY_NAME
 from napari_mmseg.plugin.conventions import CONVENTIONS, OURS, to_our_ids
@@ -169,14 +169,10 @@ class Corrector:
 def to_layer_ids(ours: np.ndarray, names: dict[int, str], dtype: np.dtype) -> np.ndarray:
     """Our label values back in the layer's own ids (the inverse of `to_our_ids` on the
     four organs and background); an organ the layer has no id for is refused."""
-    lut = np.full(len(CORRECTION_LABELS), -1, np.int64)
-    lut[0] = 0
-    for their, our in label_map_from_names({name: label for label, name in names.items()}).items():
-        lut[our] = their
-    values = lut[ours]
-    if (values < 0).any():
-        missing = ", ".join(sorted({ORGAN_CHOICES[v][0] for v in np.unique(ours[values < 0])}))
-        raise CorrectionRefused(f"These labels have no id for {missing}: correct that organ in labels that have one.")
+    values, missing = to_their_ids(ours, label_map_from_names({name: label for label, name in names.items()}))
+    if missing:
+        shown = ", ".join(ORGAN_BY_NAME[name].display_name for name in missing)
+        raise CorrectionRefused(f"These labels have no id for {shown}: correct that organ in labels that have one.")
     return values.astype(dtype)
 
 
