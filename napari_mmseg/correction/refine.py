@@ -126,10 +126,10 @@ def _near(shape: tuple[int, ...], points: np.ndarray, spacing_zyx: np.ndarray, r
     return ndimage.distance_transform_edt(seeds, sampling=spacing_zyx) <= reach_mm
 
 
-def _depth_mm(crop_labels: np.ndarray, hints: list[CropHint], spacing_mm: float) -> float:
-    """How deep the hint's points lie inside their current labels: the largest distance from
-    one of them to a voxel of another label, in mm (on the crop's grid)."""
-    points = np.rint(np.concatenate([h.points for h in hints])).astype(int)
+def _depth_mm(crop_labels: np.ndarray, crop_points: np.ndarray, spacing_mm: float) -> float:
+    """How deep a hint's points (crop voxels) lie inside their current labels: the largest
+    distance from one of them to a voxel of another label, in mm (on the crop's grid)."""
+    points = np.rint(crop_points).astype(int)
     points = points[((points >= 0) & (points < np.asarray(crop_labels.shape))).all(axis=1)]
     if not len(points):
         return 0.0
@@ -165,8 +165,9 @@ def refine(scan: sitk.Image, labels: np.ndarray, hints: Sequence[Hint], modality
     crop_labels = sitk.GetArrayFromImage(sitk.Resample(_on_scan_grid(np.ascontiguousarray(old, np.uint8), scan,
                                                                      region), grid, sitk.Transform(),
                                                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
-    x = network_input(_normalised(values, scan, meta.norm_for(modality)), crop_labels,
-                      _crop_hints(scan, grid, hints), meta.hint_sigma_mm / meta.spacing_mm)
+    crop_hints = _crop_hints(scan, grid, hints)
+    x = network_input(_normalised(values, scan, meta.norm_for(modality)), crop_labels, crop_hints,
+                      meta.hint_sigma_mm / meta.spacing_mm)
     probs = _probabilities(model, x)
     # Where the network departs from the labels it was given, on its own grid: only there may
     # the scan's voxels change, and a border the network merely redraws at 2 mm stays as the
@@ -180,8 +181,8 @@ def refine(scan: sitk.Image, labels: np.ndarray, hints: Sequence[Hint], modality
     covered = native[..., :-1].sum(axis=-1) > 0.5  # native voxels the cube reaches
     box_points = np.rint(points - np.asarray([z0, y0, x0])).astype(int)
     spacing = np.asarray(scan.GetSpacing())[::-1]
-    reach = float(np.clip(REACH_PER_DEPTH * _depth_mm(crop_labels, _crop_hints(scan, grid, [last]),
-                                                      meta.spacing_mm), MIN_REACH_MM, REACH_MM))
+    reach = float(np.clip(REACH_PER_DEPTH * _depth_mm(crop_labels, crop_hints[-1].points, meta.spacing_mm),
+                          MIN_REACH_MM, REACH_MM))
     change = (_allowed(old, new, last) & covered & (native[..., -1] > 0.5)
               & _near(old.shape, box_points, spacing, reach))
     out = labels.copy()
